@@ -1,0 +1,37 @@
+"""seqnorm: recurrent layers whose hidden-to-hidden matrices stay spectrally well-behaved.
+
+>>> import torch, seqnorm
+>>> gru = seqnorm.SpectralGRU(4, 16, batch_first=True)          # drop-in for torch.nn.GRU
+>>> out, h = gru(torch.randn(2, 7, 4))
+>>> s = torch.linalg.svdvals(gru.weight_hh_l0.reshape(3, 16, 16))  # one row per gate
+>>> bool(torch.allclose(s[:, 0], torch.ones(3), atol=1e-4))
+True
+"""
+
+from torch.nn.utils.parametrize import cached
+
+from .constraints import CONSTRAINTS, constrain, is_constrained
+from .layers import (
+    SpectralGRU,
+    SpectralGRUCell,
+    SpectralLSTM,
+    SpectralLSTMCell,
+    SpectralRNN,
+    SpectralRNNCell,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CONSTRAINTS",
+    "SpectralGRU",
+    "SpectralGRUCell",
+    "SpectralLSTM",
+    "SpectralLSTMCell",
+    "SpectralRNN",
+    "SpectralRNNCell",
+    "__version__",
+    "cached",
+    "constrain",
+    "is_constrained",
+]

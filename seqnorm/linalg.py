@@ -1,0 +1,168 @@
+"""Pure linear-algebra helpers: exact and iterative spectral norms, stable rank, checks.
+
+Every function here works on a single matrix ``(m, n)`` or on a stack of gate blocks.
+``blocks=k`` views a stacked ``(k*H, H)`` recurrent matrix as ``(k, H, H)``, which is how
+seqnorm treats the gates of a GRU (k=3) or LSTM (k=4).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "as_blocks",
+    "power_iteration",
+    "satisfies",
+    "spectral_norm",
+    "stable_rank",
+    "compute_dtype",
+]
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype power iteration runs in: float32 or higher, never half/bfloat16."""
+    if dtype in (torch.float64, torch.complex128):
+        return dtype
+    return torch.float32
+
+
+def as_blocks(W: Tensor, blocks: int = 1) -> Tensor:
+    """View a stacked matrix ``(blocks*H, n)`` as ``(blocks, H, n)``.
+
+    Args:
+        W: a 2-D tensor whose rows are ``blocks`` equal gate blocks stacked.
+        blocks: number of gate blocks.
+
+    Raises:
+        ValueError: if ``W`` is not 2-D or ``blocks`` does not divide its rows.
+
+    >>> as_blocks(torch.zeros(6, 2), blocks=3).shape
+    torch.Size([3, 2, 2])
+    """
+    if W.dim() != 2:
+        raise ValueError(f"W must be a 2-D matrix, got shape {tuple(W.shape)}")
+    if not isinstance(blocks, int) or blocks < 1:
+        raise ValueError(f"blocks must be a positive int, got {blocks!r}")
+    if W.shape[0] % blocks:
+        raise ValueError(
+            f"blocks={blocks} must divide the number of rows of W, got shape {tuple(W.shape)}"
+        )
+    return W.reshape(blocks, W.shape[0] // blocks, W.shape[1])
+
+
+def spectral_norm(W: Tensor, blocks: int = 1) -> Tensor:
+    """Exact largest singular value of each gate block, shape ``(blocks,)``.
+
+    Args:
+        W: matrix ``(blocks*H, n)``.
+        blocks: number of gate blocks.
+
+    >>> spectral_norm(torch.diag(torch.tensor([3.0, 1.0])))
+    tensor([3.])
+    """
+    Wb = as_blocks(W, blocks)
+    return torch.linalg.matrix_norm(Wb.to(compute_dtype(W.dtype)), ord=2).to(W.dtype)
+
+
+def stable_rank(W: Tensor, blocks: int = 1, eps: float = 1e-12) -> Tensor:
+    """Stable rank ``||W||_F^2 / ||W||_2^2`` of each gate block, shape ``(blocks,)``.
+
+    It lies in ``[1, rank(W)]``: 1 for a rank-one block, H for an orthogonal one. A zero
+    block has stable rank 0 (not NaN).
+
+    >>> stable_rank(torch.eye(4))
+    tensor([4.])
+    """
+    Wb = as_blocks(W, blocks).to(compute_dtype(W.dtype))
+    fro2 = Wb.pow(2).sum(dim=(-2, -1))
+    s2 = torch.linalg.matrix_norm(Wb, ord=2).pow(2)
+    return (fro2 / s2.clamp_min(eps)).to(W.dtype)
+
+
+def _normalize(x: Tensor, eps: float) -> Tensor:
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(eps)
+
+
+@torch.no_grad()
+def power_iteration(
+    W: Tensor,
+    u: Tensor,
+    v: Tensor,
+    n_iterations: int = 1,
+    eps: float = 1e-12,
+) -> tuple[Tensor, Tensor]:
+    """Run ``n_iterations`` of batched power iteration on ``W`` (``(k, m, n)``).
+
+    ``u`` (``(k, m)``) and ``v`` (``(k, n)``) are the current estimates of the leading
+    left/right singular vectors; new ones are returned (the inputs are not modified), so
+    that ``sigma ~= u^T W v``. The iteration runs in float32 or higher. Where a block is
+    (numerically) zero the previous vectors are kept instead of collapsing to zero.
+
+    Args:
+        W: stack of matrices ``(k, m, n)``.
+        u: left vectors ``(k, m)``.
+        v: right vectors ``(k, n)``.
+        n_iterations: number of iterations (>= 0).
+        eps: floor on vector norms.
+    """
+    if n_iterations < 0:
+        raise ValueError(f"n_iterations must be >= 0, got {n_iterations}")
+    dt = compute_dtype(W.dtype)
+    W = W.to(dt)
+    u, v = u.to(dt), v.to(dt)
+    for _ in range(n_iterations):
+        wv = torch.bmm(W, v.unsqueeze(-1)).squeeze(-1)  # (k, m)
+        ok = wv.norm(dim=-1, keepdim=True) > eps
+        u = torch.where(ok, _normalize(wv, eps), u)
+        wtu = torch.bmm(W.transpose(1, 2), u.unsqueeze(-1)).squeeze(-1)  # (k, n)
+        ok = wtu.norm(dim=-1, keepdim=True) > eps
+        v = torch.where(ok, _normalize(wtu, eps), v)
+    return u, v
+
+
+def satisfies(
+    W: Tensor,
+    kind: str,
+    *,
+    blocks: int = 1,
+    tol: float = 1e-3,
+    **options: float,
+) -> bool:
+    """Check with an exact SVD that every gate block of ``W`` satisfies constraint ``kind``.
+
+    Args:
+        W: matrix ``(blocks*H, H)``.
+        kind: one of ``none``, ``spectral``, ``scaled``, ``bound``, ``band``, ``orthogonal``.
+        blocks: number of gate blocks.
+        tol: absolute tolerance on singular values.
+        **options: the constraint's options (``gamma``, ``gamma_min``/``gamma_max``, ``r``);
+            defaults as in :func:`seqnorm.constrain`.
+
+    >>> satisfies(torch.eye(3), "orthogonal")
+    True
+    >>> satisfies(2 * torch.eye(3), "bound", gamma=1.5)
+    False
+    """
+    s = torch.linalg.svdvals(as_blocks(W.detach(), blocks).to(compute_dtype(W.dtype)))  # (k, H)
+    smax, smin = s[:, 0], s[:, -1]
+    if kind == "none":
+        ok = torch.isfinite(s).all()
+    elif kind == "spectral":
+        ok = ((smax - 1).abs() <= tol).all()
+    elif kind == "scaled":
+        lo, hi = options.get("gamma_min", 0.5), options.get("gamma_max", 1.5)
+        ok = ((smax >= lo - tol) & (smax <= hi + tol)).all()
+    elif kind == "bound":
+        ok = (smax <= options.get("gamma", 1.0) + tol).all()
+    elif kind == "band":
+        r = options.get("r", 0.1)
+        ok = ((smin >= 1 - r - tol) & (smax <= 1 + r + tol)).all()
+    elif kind == "orthogonal":
+        ok = ((s - 1).abs() <= tol).all()
+    else:
+        raise ValueError(
+            "kind must be one of none, spectral, scaled, bound, band, orthogonal, "
+            f"got {kind!r}"
+        )
+    return bool(ok)
