@@ -204,8 +204,10 @@ class Orthogonal(nn.Module):
         super().__init__()
         rows, cols = shape
         if rows // blocks != cols:
-            raise ValueError(f"orthogonal needs square gate blocks, got shape {tuple(shape)} "
-                             f"with blocks={blocks}")
+            raise ValueError(
+                f"orthogonal needs square gate blocks, got shape {tuple(shape)} "
+                f"with blocks={blocks}"
+            )
         self.blocks = blocks
         self.register_buffer("base", torch.eye(cols).repeat(blocks, 1, 1))
 
@@ -235,8 +237,9 @@ class Band(nn.Module):
         super().__init__()
         rows, cols = shape
         if rows // blocks != cols:
-            raise ValueError(f"band needs square gate blocks, got shape {tuple(shape)} "
-                             f"with blocks={blocks}")
+            raise ValueError(
+                f"band needs square gate blocks, got shape {tuple(shape)} with blocks={blocks}"
+            )
         if not 0 < r < 1:
             raise ValueError(f"r must be in the open interval (0, 1), got {r!r}")
         self.blocks, self.r = blocks, float(r)

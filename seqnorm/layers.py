@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import Tensor, _VF, nn
+from torch import _VF, Tensor, nn
 from torch.nn import functional as F
 from torch.nn.utils import parametrize
 
@@ -418,7 +418,12 @@ class _SpectralCellBase(nn.Module):
         super().__init__()
         options = dict(constraint_options or {})
         _check_common(input_size, hidden_size, constraint, options)
-        self.mode, self.input_size, self.hidden_size, self.bias = mode, input_size, hidden_size, bias
+        self.mode, self.input_size, self.hidden_size, self.bias = (
+            mode,
+            input_size,
+            hidden_size,
+            bias,
+        )
         self.constraint, self.constraint_options = constraint, options
         G = _GATES[mode] * hidden_size
         kw = {"device": device, "dtype": dtype}
@@ -511,6 +516,7 @@ class SpectralRNNCell(_SpectralCellBase):
         device: where to allocate the parameters.
         dtype: dtype of the parameters.
 
+    >>> import seqnorm
     >>> cell = SpectralRNNCell(3, 8)
     >>> x = torch.randn(10, 2, 3)
     >>> h = None

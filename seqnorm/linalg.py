@@ -162,7 +162,6 @@ def satisfies(
         ok = ((s - 1).abs() <= tol).all()
     else:
         raise ValueError(
-            "kind must be one of none, spectral, scaled, bound, band, orthogonal, "
-            f"got {kind!r}"
+            f"kind must be one of none, spectral, scaled, bound, band, orthogonal, got {kind!r}"
         )
     return bool(ok)

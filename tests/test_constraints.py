@@ -1,0 +1,203 @@
+"""Property and error tests for the constraints and the linalg helpers."""
+
+import pytest
+import torch
+from torch import nn
+
+from seqnorm import CONSTRAINTS, SpectralGRU, SpectralLSTM, SpectralRNN, constrain
+from seqnorm.linalg import power_iteration, satisfies, spectral_norm, stable_rank
+
+LAYERS = [SpectralRNN, SpectralGRU, SpectralLSTM]
+KINDS = [k for k in CONSTRAINTS if k != "none"]
+OPTIONS = {
+    "spectral": {"n_power_iterations": 10},
+    "scaled": {"gamma_min": 0.7, "gamma_max": 1.2, "n_power_iterations": 10},
+    "bound": {"gamma": 0.9, "n_power_iterations": 10},
+    "band": {"r": 0.2},
+}
+# With lr=0.1 Adam the raw weight moves by tens of percent per step; one power-iteration step
+# per forward (the default) then lags by up to ~30% (see test_estimate_tracks_after_training),
+# so this stress test uses 10 steps. band and orthogonal are exact maps: float precision.
+TOL = {"spectral": 5e-3, "scaled": 5e-3, "bound": 5e-3, "band": 1e-4, "orthogonal": 1e-4}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("hidden", [8, 13])
+@pytest.mark.parametrize("layer_cls", LAYERS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_bound_holds_after_aggressive_training(kind, layer_cls, hidden, dtype):
+    opts = OPTIONS.get(kind, {})
+    layer = layer_cls(
+        3, hidden, num_layers=2, constraint=kind, constraint_options=opts, dtype=dtype
+    )
+    opt = torch.optim.Adam(layer.parameters(), lr=0.1)
+    for _ in range(20):
+        x = torch.randn(6, 4, 3, dtype=dtype)
+        out, _ = layer(x)
+        loss = -(out.sum() ** 2)  # pushes the weights to blow up
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    # Check the matrix the next forward uses: in training mode reading the weight runs the
+    # power-iteration step a forward runs (the last optimiser step moved W after the last one).
+    for k in range(2):
+        W = getattr(layer, f"weight_hh_l{k}")
+        assert W.dtype == dtype
+        s = torch.linalg.svdvals(W.detach().reshape(-1, hidden, hidden))  # (gates, H)
+        assert s.shape[0] == layer.gates
+        bounds = {k: v for k, v in opts.items() if k != "n_power_iterations"}
+        assert satisfies(W, kind, blocks=layer.gates, tol=TOL[kind], **bounds), s[:, [0, -1]]
+
+
+def test_estimate_tracks_after_training():
+    """Default (1 step per forward): after fast training stops, the estimate re-converges."""
+    layer = SpectralGRU(3, 8, constraint="spectral")
+    opt = torch.optim.Adam(layer.parameters(), lr=0.1)
+    target = 3 * torch.randn(6, 4, 8)
+    for _ in range(20):
+        out, _ = layer(torch.randn(6, 4, 3))
+        opt.zero_grad()
+        ((out - target) ** 2).mean().backward()
+        opt.step()
+    errors = []
+    for _ in range(30):  # forwards without optimiser steps
+        layer(torch.randn(6, 4, 3))
+        errors.append((spectral_norm(layer.weight_hh_l0.detach(), 3) - 1).abs().max().item())
+    assert errors[-1] < 1e-4
+
+
+def test_constraint_changes_the_weight_the_layer_uses():
+    # A large raw weight: the unconstrained layer sees it, the spectral layer does not.
+    layer = SpectralGRU(2, 6, constraint="spectral")
+    raw = layer.parametrizations.weight_hh_l0.original
+    with torch.no_grad():
+        raw.mul_(50)
+    assert spectral_norm(raw, 3).min() > 10
+    layer.train()
+    layer(torch.randn(3, 1, 2))  # one power-iteration step on the new weight
+    assert torch.allclose(spectral_norm(layer.weight_hh_l0, 3), torch.ones(3), atol=1e-3)
+
+
+def test_scaled_gamma_is_learnable_and_clamped():
+    lin = constrain(
+        nn.Linear(4, 8, bias=False), kind="scaled", blocks=2, gamma_min=0.8, gamma_max=1.1
+    )
+    p = lin.parametrizations.weight[0]
+    assert torch.allclose(p.gamma, torch.ones(2))
+    with torch.no_grad():
+        p.gamma_raw.fill_(100.0)
+    assert torch.allclose(spectral_norm(lin.weight, 2), torch.full((2,), 1.1), atol=1e-3)
+    assert any(q is p.gamma_raw for q in lin.parameters())
+
+
+def test_bound_leaves_small_matrices_alone():
+    lin = nn.Linear(5, 5, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(0.3 * torch.linalg.qr(torch.randn(5, 5))[0])
+    before = lin.weight.detach().clone()
+    constrain(lin, kind="bound", gamma=1.0)
+    assert torch.allclose(lin.weight, before, atol=1e-6)
+
+
+def test_spectral_equals_exact_normalisation_at_registration():
+    W = torch.randn(12, 4, dtype=torch.float64)
+    lin = nn.Linear(4, 12, bias=False).double()
+    with torch.no_grad():
+        lin.weight.copy_(W)
+    constrain(lin, kind="spectral", blocks=3)
+    lin.eval()
+    expected = (W.reshape(3, 4, 4) / spectral_norm(W, 3)[:, None, None]).reshape(12, 4)
+    assert torch.allclose(lin.weight, expected, atol=1e-8)
+
+
+def test_no_power_iteration_update_in_eval():
+    layer = SpectralRNN(2, 5).eval()
+    u = layer.parametrizations.weight_hh_l0[0]._u.clone()
+    layer(torch.randn(4, 2, 2))
+    assert torch.equal(u, layer.parametrizations.weight_hh_l0[0]._u)
+
+
+def test_cached_computes_once_per_sequence():
+    cell_calls = []
+    layer = SpectralGRU(2, 4)
+    p = layer.parametrizations.weight_hh_l0[0]
+    p.register_forward_hook(lambda *a: cell_calls.append(1))
+    layer(torch.randn(50, 2, 2))
+    layer.unroll = True
+    layer(torch.randn(50, 2, 2))
+    assert len(cell_calls) == 2  # once per forward call, whatever T
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_zero_matrix_is_safe(dtype):
+    Z = torch.zeros(6, 3, dtype=dtype)
+    assert torch.equal(stable_rank(Z, 2), torch.zeros(2, dtype=dtype))
+    assert torch.equal(spectral_norm(Z, 2), torch.zeros(2, dtype=dtype))
+    for kind in ("spectral", "scaled", "bound"):
+        lin = nn.Linear(3, 6, bias=False).to(dtype)
+        with torch.no_grad():
+            lin.weight.zero_()
+        constrain(lin, kind=kind, blocks=2)
+        W = lin.weight
+        assert torch.isfinite(W).all() and torch.equal(W, torch.zeros_like(W))
+        W.sum().backward()
+        assert torch.isfinite(lin.parametrizations.weight.original.grad).all()
+
+
+def test_power_iteration_converges_to_svd():
+    W = torch.randn(3, 7, 7, dtype=torch.float64)
+    u, v = torch.randn(3, 7, dtype=torch.float64), torch.randn(3, 7, dtype=torch.float64)
+    u, v = power_iteration(W, u, v, n_iterations=500)
+    est = torch.einsum("bi,bij,bj->b", u, W, v)
+    assert torch.allclose(est, torch.linalg.matrix_norm(W, 2), rtol=1e-6)
+
+
+def test_power_iteration_runs_in_float32_for_half_input():
+    W = torch.randn(1, 6, 6).bfloat16()
+    u, v = power_iteration(W, torch.randn(1, 6), torch.randn(1, 6), 3)
+    assert u.dtype == torch.float32 and v.dtype == torch.float32
+
+
+def test_stable_rank_values():
+    assert torch.allclose(stable_rank(torch.eye(5)), torch.tensor([5.0]))
+    rank_one = torch.outer(torch.randn(4), torch.randn(4))
+    assert torch.allclose(stable_rank(rank_one), torch.tensor([1.0]), atol=1e-5)
+
+
+def test_satisfies_detects_violations():
+    assert not satisfies(2 * torch.eye(3), "spectral")
+    assert satisfies(torch.eye(3), "spectral")
+    assert not satisfies(torch.diag(torch.tensor([1.0, 0.5])), "band", r=0.1)
+    assert satisfies(torch.diag(torch.tensor([1.05, 0.95])), "band", r=0.1)
+    assert not satisfies(torch.eye(2) * 2, "scaled", gamma_min=0.5, gamma_max=1.5)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        satisfies(torch.eye(2), "nope")
+
+
+@pytest.mark.parametrize(
+    "kind, options, match",
+    [
+        ("nope", {}, "constraint must be one of"),
+        ("band", {"r": 0.0}, "r must be in the open interval"),
+        ("band", {"r": 1.0}, "r must be in the open interval"),
+        ("scaled", {"gamma_min": 2.0, "gamma_max": 1.0}, "gamma_min must be <= gamma_max"),
+        ("scaled", {"gamma_min": -1.0}, "gamma_min must be positive"),
+        ("bound", {"gamma": 0}, "gamma must be positive"),
+        ("spectral", {"gamma": 1.0}, r"unknown option\(s\) \['gamma'\].*allowed: n_power"),
+        ("spectral", {"n_power_iterations": 0}, "n_power_iterations must be an int >= 1"),
+    ],
+)
+def test_bad_options(kind, options, match):
+    with pytest.raises(ValueError, match=match):
+        constrain(nn.Linear(4, 4), kind=kind, **options)
+
+
+def test_bad_blocks():
+    with pytest.raises(ValueError, match="blocks=3 must divide the 8 rows"):
+        constrain(nn.Linear(4, 8), kind="spectral", blocks=3)
+    with pytest.raises(ValueError, match="square gate block"):
+        constrain(nn.Linear(4, 6), kind="spectral", blocks=2)
+    with pytest.raises(ValueError, match="blocks must be a positive int"):
+        constrain(nn.Linear(4, 4), kind="spectral", blocks=0)
+    with pytest.raises(ValueError, match="no tensor named 'bogus'"):
+        constrain(nn.Linear(4, 4), name="bogus")
