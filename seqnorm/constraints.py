@@ -89,9 +89,12 @@ class _PowerIterationNorm(nn.Module):
                 self._u.copy_(u)
                 self._v.copy_(v)
         # Clones: the buffers are updated in place by the next call, while this graph lives on.
-        u = self._u.clone(memory_format=torch.contiguous_format).to(Wb.dtype)
-        v = self._v.clone(memory_format=torch.contiguous_format).to(Wb.dtype)
-        sigma = torch.einsum("bi,bij,bj->b", u, Wb, v)  # (blocks,)
+        # Computed in float32 or higher even under autocast (bf16/fp16 would bias sigma).
+        dt = compute_dtype(Wb.dtype)
+        with torch.autocast(Wb.device.type, enabled=False):
+            u = self._u.clone(memory_format=torch.contiguous_format).to(dt)
+            v = self._v.clone(memory_format=torch.contiguous_format).to(dt)
+            sigma = torch.einsum("bi,bij,bj->b", u, Wb.to(dt), v).to(Wb.dtype)  # (blocks,)
         return sigma.clamp_min(self.eps)
 
     def extra_repr(self) -> str:

@@ -109,8 +109,13 @@ def power_iteration(
     if n_iterations < 0:
         raise ValueError(f"n_iterations must be >= 0, got {n_iterations}")
     dt = compute_dtype(W.dtype)
-    W = W.to(dt)
-    u, v = u.to(dt), v.to(dt)
+    with torch.autocast(W.device.type, enabled=False):
+        return _iterate(W.to(dt), u.to(dt), v.to(dt), n_iterations, eps)
+
+
+def _iterate(
+    W: Tensor, u: Tensor, v: Tensor, n_iterations: int, eps: float
+) -> tuple[Tensor, Tensor]:
     for _ in range(n_iterations):
         wv = torch.bmm(W, v.unsqueeze(-1)).squeeze(-1)  # (k, m)
         ok = wv.norm(dim=-1, keepdim=True) > eps

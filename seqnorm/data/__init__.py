@@ -1,0 +1,43 @@
+"""Long-range sequence benchmarks, each a torch ``Dataset`` plus a Lightning ``DataModule``.
+
+Every DataModule exposes what the model needs to wire itself up, so it is typed once:
+``input_kind`` (``"tokens"`` or ``"features"``), ``input_dim``, ``output_kind``
+(``"per_step_class"``, ``"last_regression"`` or ``"last_class"``), ``num_classes``,
+``seq_len`` (the full input length) and ``baseline`` (the loss of a memoryless predictor,
+or ``None``). Batches are batch-first.
+
+=====================  ==================  =================  ==================
+DataModule             x                   y                  baseline
+=====================  ==================  =================  ==================
+CopyMemoryDataModule   (B, T+20) int64     (B, T+20) int64    10 ln 8 / (T+20)
+AddingDataModule       (B, T, 2) float32   (B,) float32       1/6 (MSE)
+SequentialMNIST...     (B, 784, 1) float32 (B,) int64         None
+PermutedMNIST...       (B, 784, 1) float32 (B,) int64         None
+=====================  ==================  =================  ==================
+"""
+
+from seqnorm.data.adding import ADDING_BASELINE, AddingDataModule, AddingDataset
+from seqnorm.data.copy import CopyMemoryDataModule, CopyMemoryDataset, copy_baseline
+from seqnorm.data.mnist import (
+    MNISTSequenceDataset,
+    PermutedMNISTDataModule,
+    SequentialMNISTDataModule,
+    mnist_permutation,
+    prepare_mnist,
+    read_idx,
+)
+
+__all__ = [
+    "ADDING_BASELINE",
+    "AddingDataModule",
+    "AddingDataset",
+    "CopyMemoryDataModule",
+    "CopyMemoryDataset",
+    "MNISTSequenceDataset",
+    "PermutedMNISTDataModule",
+    "SequentialMNISTDataModule",
+    "copy_baseline",
+    "mnist_permutation",
+    "prepare_mnist",
+    "read_idx",
+]

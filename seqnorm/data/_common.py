@@ -1,0 +1,105 @@
+"""Helpers shared by the benchmark data modules: argument checks, per-index RNG, loaders.
+
+Private to :mod:`seqnorm.data`; nothing here is part of the public API.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+_MASK64 = (1 << 64) - 1
+
+#: Split names accepted by the synthetic datasets, in the order that gives each its id.
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+
+def check_int(name: str, value: object, minimum: int) -> int:
+    """Return ``value`` if it is an int ``>= minimum``, else raise a ``ValueError`` naming it."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_seed(seed: object) -> int:
+    """Return ``seed`` if it is an int (any sign; it is taken modulo 2**64), else raise."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an int, got {seed!r}")
+    return seed
+
+
+def check_split(split: str) -> int:
+    """Return the id of ``split`` (0 train, 1 val, 2 test), or raise a ``ValueError``."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    return SPLITS.index(split)
+
+
+def normalize_index(index: int, size: int) -> int:
+    """Map a (possibly negative) sequence index into ``[0, size)`` or raise ``IndexError``."""
+    i = operator.index(index)
+    if i < 0:
+        i += size
+    if not 0 <= i < size:
+        raise IndexError(f"index {index} is out of range for a dataset of size {size}")
+    return i
+
+
+def _splitmix64(x: int) -> int:
+    """One step of the SplitMix64 finaliser: a bijective, well-mixed 64-bit hash."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def sample_generator(seed: int, split_id: int, index: int) -> torch.Generator:
+    """A fresh CPU generator whose state is a pure function of ``(seed, split_id, index)``.
+
+    The three integers are chained through SplitMix64, so neighbouring indices, splits and
+    seeds get unrelated streams. A fresh generator per call keeps ``__getitem__`` free of
+    shared mutable state (safe under threads and worker processes alike); it costs ~5 us.
+    """
+    h = _splitmix64(seed & _MASK64)
+    h = _splitmix64(h ^ split_id)
+    h = _splitmix64(h ^ (index & _MASK64))
+    g = torch.Generator()
+    g.manual_seed(h)
+    return g
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    num_workers: int,
+    shuffle: bool = False,
+    seed: int | None = None,
+) -> DataLoader:
+    """A batch-first ``DataLoader``; the train shuffle uses a generator seeded by ``seed``.
+
+    Args:
+        dataset: the map-style dataset to batch.
+        batch_size: samples per batch.
+        num_workers: worker processes; ``persistent_workers`` is on only when this is > 0.
+        shuffle: whether to reshuffle every epoch.
+        seed: seed of the shuffling generator (required when ``shuffle`` is true).
+    """
+    generator = None
+    if shuffle:
+        if seed is None:
+            raise ValueError("seed must be given when shuffle=True, got None")
+        generator = torch.Generator()
+        generator.manual_seed(seed & _MASK64)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        num_workers=num_workers,
+        pin_memory=False,
+        persistent_workers=num_workers > 0,
+    )
