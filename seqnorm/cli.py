@@ -1,0 +1,73 @@
+"""The ``seqnorm`` console script: Lightning's CLI over :class:`SeqModel` and any DataModule.
+
+``seqnorm fit --config configs/copy.yaml`` trains; ``validate``, ``test`` and
+``--print_config`` work as in any LightningCLI, and every option can be overridden on the
+command line (``--model.constraint orthogonal --data.seq_len 500``). Resume a run with
+``--ckpt_path last``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from argparse import ArgumentError
+
+import pytorch_lightning as pl
+from pytorch_lightning.cli import LightningCLI
+
+from .model import SeqModel
+
+__all__ = ["SeqnormCLI", "main"]
+
+#: DataModule attributes that wire the model (linked, so never typed twice).
+TASK_LINKS = ("input_kind", "input_dim", "output_kind", "num_classes", "baseline")
+
+
+class SeqnormCLI(LightningCLI):
+    """LightningCLI with the task attributes of the DataModule linked into the model."""
+
+    def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 (jsonargparse parser)
+        for name in TASK_LINKS:
+            parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of the ``seqnorm`` console script; returns None (exit code 0) on success.
+
+    Errors that come from the user's input (a bad option value, a missing data file, a
+    corrupt checkpoint) end the process with exit code 2 and a one-line reason.
+    """
+    os.environ.setdefault("WANDB_MODE", "offline")
+    try:
+        SeqnormCLI(
+            SeqModel,
+            pl.LightningDataModule,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            args=args,
+            parser_kwargs={"exit_on_error": False},
+        )
+    except ArgumentError as err:  # bad config: unknown key, wrong type, malformed YAML
+        _fail(f"invalid configuration: {_condense(str(err))}")
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError, KeyError) as err:
+        _fail(f"{type(err).__name__}: {_condense(str(err))}")
+
+
+def _condense(message: str) -> str:
+    """One line out of jsonargparse's nested multi-line messages: keep the informative parts."""
+    noise = ("Subtypes:", "Errors:", "Given value", "- Expected a <class 'NoneType'>")
+    lines = [ln.strip().lstrip("- ") for ln in message.strip().splitlines()]
+    keep = [
+        ln for ln in lines if ln and not any(ln.lstrip().startswith(n.lstrip("- ")) for n in noise)
+    ]
+    keep = [ln for ln in keep if "Does not validate against any of the Union" not in ln]
+    return " ".join(keep)[:500]
+
+
+def _fail(message: str) -> None:
+    print(f"seqnorm: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

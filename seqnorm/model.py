@@ -1,0 +1,244 @@
+"""The LightningModule: input encoding, a seqnorm recurrent layer, a task readout.
+
+The task wiring (``input_kind``, ``input_dim``, ``output_kind``, ``num_classes``,
+``baseline``) comes from the DataModule: the CLI links those attributes into the model, and
+:meth:`SeqModel.from_datamodule` does the same in Python, so a user never types them twice.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torchmetrics import Accuracy, MeanMetric, MeanSquaredError
+
+from .constraints import check_constraint
+from .layers import SpectralGRU, SpectralLSTM, SpectralRNN
+from .linalg import as_blocks, compute_dtype
+
+__all__ = ["CELLS", "GATE_NAMES", "SeqModel"]
+
+CELLS = {"rnn": SpectralRNN, "gru": SpectralGRU, "lstm": SpectralLSTM}
+#: Names of the gate blocks of ``weight_hh``, in torch's stacking order.
+GATE_NAMES = {"rnn": ("h",), "gru": ("r", "z", "n"), "lstm": ("i", "f", "g", "o")}
+_INPUT_KINDS = ("tokens", "features")
+_OUTPUT_KINDS = ("per_step_class", "last_class", "last_regression")
+
+
+def _default_optimizer(params: Any) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=1e-3)
+
+
+class SeqModel(pl.LightningModule):
+    """Any seqnorm layer on any benchmark: encode, recur, read out.
+
+    Args:
+        cell: ``rnn``, ``gru`` or ``lstm``.
+        hidden_size: hidden units per layer.
+        num_layers: stacked recurrent layers.
+        constraint: constraint on every ``weight_hh`` (see :func:`seqnorm.constrain`).
+        constraint_options: its options, e.g. ``{"gamma": 0.9}``.
+        nonlinearity: ``tanh`` or ``relu`` (``cell: rnn`` only).
+        dropout: dropout between stacked layers.
+        input_kind: ``tokens`` (one-hot encoded, as the copy-task papers do) or ``features``.
+        input_dim: vocabulary size (tokens) or features per step.
+        output_kind: ``per_step_class``, ``last_class`` or ``last_regression``.
+        num_classes: classes of the readout (1 for regression).
+        baseline: loss of the memoryless predictor, logged beside the loss (or ``None``).
+        optimizer: optimizer factory (``Adam`` with lr 1e-3 by default; YAML:
+            ``class_path: torch.optim.RMSprop``).
+        lr_scheduler: optional scheduler factory; ``ReduceLROnPlateau`` monitors ``val/loss``.
+        spectral_penalty: weight of ``sum((sigma_max - 1)^2)`` over all gate blocks, a soft
+            alternative to a hard constraint (0 disables it).
+        log_sigma_every_n_steps: log exact per-gate ``sigma_max`` of every ``weight_hh``
+            every this many training steps (0 disables it).
+        unroll: use the unrolled per-step path for training (slower; the probes switch it
+            on by themselves when they need it).
+    """
+
+    def __init__(
+        self,
+        cell: str = "gru",
+        hidden_size: int = 128,
+        num_layers: int = 1,
+        constraint: str = "spectral",
+        constraint_options: dict[str, Any] | None = None,
+        nonlinearity: str = "tanh",
+        dropout: float = 0.0,
+        input_kind: str = "features",
+        input_dim: int = 1,
+        output_kind: str = "last_class",
+        num_classes: int = 10,
+        baseline: float | None = None,
+        optimizer: OptimizerCallable = _default_optimizer,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        spectral_penalty: float = 0.0,
+        log_sigma_every_n_steps: int = 50,
+        unroll: bool = False,
+    ) -> None:
+        super().__init__()
+        if cell not in CELLS:
+            raise ValueError(f"cell must be one of {sorted(CELLS)}, got {cell!r}")
+        check_constraint(constraint, constraint_options)
+        if input_kind not in _INPUT_KINDS:
+            raise ValueError(f"input_kind must be one of {_INPUT_KINDS}, got {input_kind!r}")
+        if output_kind not in _OUTPUT_KINDS:
+            raise ValueError(f"output_kind must be one of {_OUTPUT_KINDS}, got {output_kind!r}")
+        for name, val in (("input_dim", input_dim), ("num_classes", num_classes)):
+            if not isinstance(val, int) or val < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {val!r}")
+        if not spectral_penalty >= 0:
+            raise ValueError(f"spectral_penalty must be >= 0, got {spectral_penalty!r}")
+        if not isinstance(log_sigma_every_n_steps, int) or log_sigma_every_n_steps < 0:
+            raise ValueError(
+                f"log_sigma_every_n_steps must be an int >= 0, got {log_sigma_every_n_steps!r}"
+            )
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = lr_scheduler
+        self.cell = cell
+        self.input_kind, self.input_dim = input_kind, input_dim
+        self.output_kind, self.num_classes = output_kind, num_classes
+        self.baseline = baseline
+        self.spectral_penalty = float(spectral_penalty)
+        self.log_sigma_every_n_steps = log_sigma_every_n_steps
+        extra = {"nonlinearity": nonlinearity} if cell == "rnn" else {}
+        self.rnn = CELLS[cell](
+            input_dim,
+            hidden_size,
+            num_layers=num_layers,
+            batch_first=True,
+            dropout=dropout,
+            constraint=constraint,
+            constraint_options=constraint_options,
+            **extra,
+        )
+        self.rnn.unroll = unroll
+        self.readout = nn.Linear(hidden_size, num_classes)
+        self.train_metrics = self._make_metrics()  # one set of torchmetrics per split
+        self.val_metrics = self._make_metrics()
+        self.test_metrics = self._make_metrics()
+
+    @classmethod
+    def from_datamodule(cls, datamodule: pl.LightningDataModule, **kwargs: Any) -> SeqModel:
+        """Build a model wired to ``datamodule`` (its input/output kinds, sizes, baseline)."""
+        task = {k: getattr(datamodule, k) for k in ("input_kind", "input_dim", "output_kind")}
+        task.update(num_classes=datamodule.num_classes, baseline=datamodule.baseline)
+        return cls(**task, **kwargs)
+
+    @property
+    def is_classification(self) -> bool:
+        return self.output_kind != "last_regression"
+
+    def _make_metrics(self) -> nn.ModuleDict:
+        m: dict[str, nn.Module] = {"loss": MeanMetric()}
+        if self.is_classification:
+            m["acc"] = Accuracy(task="multiclass", num_classes=self.num_classes, average="micro")
+        else:
+            m["mse"] = MeanSquaredError()
+        if self.output_kind == "per_step_class":
+            # accuracy on the non-blank targets: the symbols the model must recall
+            m["symbol_acc"] = MeanMetric()
+        return nn.ModuleDict(m)
+
+    # -- forward and loss -----------------------------------------------------------------
+    def encode(self, x: Tensor) -> Tensor:
+        """Batch-first inputs to the recurrent layer's input features ``(B, T, input_dim)``."""
+        if self.input_kind == "tokens":
+            if x.dim() != 2 or x.dtype not in (torch.int64, torch.int32):
+                raise ValueError(f"token inputs must be (B, T) integers, got {tuple(x.shape)} "
+                                 f"{x.dtype}")  # fmt: skip
+            return F.one_hot(x.long(), self.input_dim).to(self.readout.weight.dtype)
+        if x.dim() != 3 or x.shape[-1] != self.input_dim:
+            raise ValueError(
+                f"feature inputs must be (B, T, {self.input_dim}), got {tuple(x.shape)}"
+            )
+        return x.to(self.readout.weight.dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits ``(B, T, C)`` (per-step), ``(B, C)`` (last step) or predictions ``(B,)``."""
+        out, _ = self.rnn(self.encode(x))  # (B, T, H)
+        if self.output_kind == "per_step_class":
+            return self.readout(out)  # (B, T, C)
+        y = self.readout(out[:, -1])  # (B, C)
+        return y.squeeze(-1) if self.output_kind == "last_regression" else y
+
+    def loss(self, output: Tensor, target: Tensor) -> Tensor:
+        """The task loss: cross-entropy (over every step for per-step tasks) or MSE."""
+        if self.output_kind == "per_step_class":
+            return F.cross_entropy(output.flatten(0, 1), target.flatten())
+        if self.output_kind == "last_class":
+            return F.cross_entropy(output, target)
+        return F.mse_loss(output, target.to(output.dtype))
+
+    def sigma_max(self) -> dict[str, Tensor]:
+        """Exact largest singular value of every gate block of every ``weight_hh_l{k}``."""
+        out = {}
+        H = self.rnn.hidden_size
+        for k in range(self.rnn.num_layers):
+            W = getattr(self.rnn, f"weight_hh_l{k}")
+            Wb = as_blocks(W, W.shape[0] // H).to(compute_dtype(W.dtype))
+            s = torch.linalg.matrix_norm(Wb, ord=2)  # (gates,)
+            for name, val in zip(GATE_NAMES[self.cell], s, strict=True):
+                out[f"l{k}/{name}"] = val
+        return out
+
+    def penalty(self) -> Tensor:
+        """``sum((sigma_max - 1)^2)`` over all gate blocks, differentiable."""
+        return sum((s - 1) ** 2 for s in self.sigma_max().values())
+
+    # -- steps ---------------------------------------------------------------------------------
+    def _step(self, batch: tuple[Tensor, Tensor], split: str) -> Tensor:
+        x, y = batch
+        output = self(x)
+        loss = self.loss(output, y)
+        metrics: nn.ModuleDict = getattr(self, f"{split}_metrics")
+        bs = y.shape[0]
+        # Calling a metric (not .update) also caches the batch value Lightning logs per step.
+        metrics["loss"](loss.detach(), weight=bs)
+        if self.is_classification:
+            pred = output.argmax(-1)
+            metrics["acc"](pred.flatten(), y.flatten())
+        else:
+            metrics["mse"](output.detach(), y.to(output.dtype))
+        if "symbol_acc" in metrics:
+            keep = y != 0
+            if keep.any():
+                metrics["symbol_acc"]((pred[keep] == y[keep]).float().mean(), keep.sum())
+        on_step = split == "train"
+        for name, metric in metrics.items():
+            self.log(f"{split}/{name}", metric, on_step=on_step, on_epoch=True, batch_size=bs,
+                     prog_bar=name == "loss")  # fmt: skip
+        if self.baseline is not None and split == "train":
+            self.log("train/baseline", float(self.baseline), on_step=True, on_epoch=False)
+        return loss
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        loss = self._step(batch, "train")
+        if self.spectral_penalty:
+            pen = self.penalty()
+            self.log("train/spectral_penalty", pen.detach(), on_step=True, on_epoch=False)
+            loss = loss + self.spectral_penalty * pen
+        n = self.log_sigma_every_n_steps
+        if n and self.global_step % n == 0:
+            with torch.no_grad():
+                for key, val in self.sigma_max().items():
+                    self.log(f"sigma_max/{key}", val, on_step=True, on_epoch=False)
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def configure_optimizers(self) -> Any:
+        opt = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return opt
+        sched = self.scheduler_factory(opt)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val/loss"}}
