@@ -342,9 +342,18 @@ class SpectralRNN(_SpectralRNNBase):
     ) -> None:
         self.nonlinearity = nonlinearity
         super().__init__(
-            _mode(nonlinearity), input_size, hidden_size, num_layers, bias, batch_first,
-            dropout, constraint, constraint_options, device, dtype,
-        )  # fmt: skip
+            _mode(nonlinearity),
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            constraint,
+            constraint_options,
+            device,
+            dtype,
+        )
 
 
 class SpectralGRU(_SpectralRNNBase):
@@ -365,9 +374,18 @@ class SpectralGRU(_SpectralRNNBase):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(
-            "gru", input_size, hidden_size, num_layers, bias, batch_first,
-            dropout, constraint, constraint_options, device, dtype,
-        )  # fmt: skip
+            "gru",
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            constraint,
+            constraint_options,
+            device,
+            dtype,
+        )
 
 
 class SpectralLSTM(_SpectralRNNBase):
@@ -389,9 +407,18 @@ class SpectralLSTM(_SpectralRNNBase):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(
-            "lstm", input_size, hidden_size, num_layers, bias, batch_first,
-            dropout, constraint, constraint_options, device, dtype,
-        )  # fmt: skip
+            "lstm",
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            constraint,
+            constraint_options,
+            device,
+            dtype,
+        )
 
 
 # -------------------------------------------------------------------------------------- cells
@@ -540,9 +567,15 @@ class SpectralRNNCell(_SpectralCellBase):
     ) -> None:
         self.nonlinearity = nonlinearity
         super().__init__(
-            _mode(nonlinearity), input_size, hidden_size, bias, constraint,
-            constraint_options, device, dtype,
-        )  # fmt: skip
+            _mode(nonlinearity),
+            input_size,
+            hidden_size,
+            bias,
+            constraint,
+            constraint_options,
+            device,
+            dtype,
+        )
 
 
 class SpectralGRUCell(_SpectralCellBase):

@@ -150,8 +150,9 @@ class SeqModel(pl.LightningModule):
         """Batch-first inputs to the recurrent layer's input features ``(B, T, input_dim)``."""
         if self.input_kind == "tokens":
             if x.dim() != 2 or x.dtype not in (torch.int64, torch.int32):
-                raise ValueError(f"token inputs must be (B, T) integers, got {tuple(x.shape)} "
-                                 f"{x.dtype}")  # fmt: skip
+                raise ValueError(
+                    f"token inputs must be (B, T) integers, got {tuple(x.shape)} {x.dtype}"
+                )
             return F.one_hot(x.long(), self.input_dim).to(self.readout.weight.dtype)
         if x.dim() != 3 or x.shape[-1] != self.input_dim:
             raise ValueError(
@@ -211,8 +212,14 @@ class SeqModel(pl.LightningModule):
                 metrics["symbol_acc"]((pred[keep] == y[keep]).float().mean(), keep.sum())
         on_step = split == "train"
         for name, metric in metrics.items():
-            self.log(f"{split}/{name}", metric, on_step=on_step, on_epoch=True, batch_size=bs,
-                     prog_bar=name == "loss")  # fmt: skip
+            self.log(
+                f"{split}/{name}",
+                metric,
+                on_step=on_step,
+                on_epoch=True,
+                batch_size=bs,
+                prog_bar=name == "loss",
+            )
         if self.baseline is not None and split == "train":
             self.log("train/baseline", float(self.baseline), on_step=True, on_epoch=False)
         return loss

@@ -1,0 +1,120 @@
+"""The LightningModule: wiring from the DataModule, shapes, losses, metrics, penalty, learning."""
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from seqnorm.data import AddingDataModule, CopyMemoryDataModule
+from seqnorm.model import SeqModel
+
+
+def _trainer(**kw):
+    kw = {
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        **kw,
+    }
+    return pl.Trainer(accelerator="cpu", **kw)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_copy_wiring_and_shapes(cell):
+    dm = CopyMemoryDataModule(seq_len=5, batch_size=4, num_train=8, num_val=8, num_test=8)
+    model = SeqModel.from_datamodule(dm, cell=cell, hidden_size=6)
+    assert model.rnn.input_size == 10 and model.readout.out_features == 9
+    dm.setup("fit")
+    x, y = next(iter(dm.train_dataloader()))
+    out = model(x)
+    assert out.shape == (4, 25, 9)
+    assert model.loss(out, y).ndim == 0
+
+
+def test_adding_regression_shapes():
+    dm = AddingDataModule(seq_len=10, batch_size=4, num_train=8, num_val=8, num_test=8)
+    model = SeqModel.from_datamodule(dm, hidden_size=6)
+    dm.setup("fit")
+    x, y = next(iter(dm.train_dataloader()))
+    assert model(x).shape == (4,)
+    assert model.baseline == pytest.approx(1 / 6)
+
+
+def test_mnist_like_classification_shapes():
+    model = SeqModel(
+        input_kind="features", input_dim=1, output_kind="last_class", num_classes=10, hidden_size=5
+    )
+    assert model(torch.rand(3, 20, 1)).shape == (3, 10)
+
+
+def test_penalty_is_differentiable_and_zero_for_unit_norm():
+    model = SeqModel(cell="lstm", hidden_size=6, constraint="orthogonal", spectral_penalty=1.0)
+    assert model.penalty().item() == pytest.approx(0.0, abs=1e-8)
+    model = SeqModel(cell="gru", hidden_size=6, constraint="none", spectral_penalty=1.0)
+    pen = model.penalty()
+    assert pen.item() > 0
+    pen.backward()
+    assert model.rnn.weight_hh_l0.grad.abs().sum() > 0
+
+
+def test_sigma_max_names_every_gate():
+    model = SeqModel(cell="lstm", hidden_size=4, num_layers=2)
+    assert sorted(model.sigma_max()) == sorted(f"l{k}/{g}" for k in (0, 1) for g in "ifgo")
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"cell": "transformer"}, "cell must be one of"),
+        ({"constraint": "nuclear"}, "constraint must be one of"),
+        ({"input_kind": "image"}, "input_kind must be one of"),
+        ({"output_kind": "seq2seq"}, "output_kind must be one of"),
+        ({"num_classes": 0}, "num_classes must be an int >= 1"),
+        ({"spectral_penalty": -1.0}, "spectral_penalty must be >= 0"),
+        ({"hidden_size": 0}, "hidden_size must be a positive int"),
+    ],
+)
+def test_model_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SeqModel(**kwargs)
+
+
+def test_metrics_logged_with_namespaces():
+    dm = CopyMemoryDataModule(seq_len=3, batch_size=8, num_train=32, num_val=16, num_test=16)
+    model = SeqModel.from_datamodule(dm, hidden_size=8, log_sigma_every_n_steps=1)
+    trainer = _trainer(max_steps=4)
+    trainer.fit(model, dm)
+    keys = set(trainer.callback_metrics)
+    for key in (
+        "train/loss",
+        "train/acc",
+        "train/symbol_acc",
+        "train/baseline",
+        "val/loss",
+        "val/acc",
+        "sigma_max/l0/r",
+        "sigma_max/l0/z",
+        "sigma_max/l0/n",
+    ):
+        assert key in keys, key
+    assert trainer.callback_metrics["train/baseline"].item() == pytest.approx(dm.baseline)
+    (res,) = trainer.test(model, dm, verbose=False)
+    assert {"test/loss", "test/acc"} <= set(res)
+
+
+def test_learns_adding_well_below_baseline():
+    """A broken gradient path cannot pass: the MSE must fall to < 10% of the baseline."""
+    pl.seed_everything(0)
+    torch.set_num_threads(1)
+    dm = AddingDataModule(seq_len=20, batch_size=64, num_train=64 * 300, num_val=256)
+    model = SeqModel.from_datamodule(
+        dm,
+        hidden_size=64,
+        constraint="spectral",
+        log_sigma_every_n_steps=0,
+        optimizer=lambda p: torch.optim.Adam(p, lr=1e-2),
+    )
+    trainer = _trainer(max_steps=300, limit_val_batches=0)
+    trainer.fit(model, dm)
+    (res,) = _trainer().validate(model, dm, verbose=False)
+    assert res["val/mse"] < 0.1 * dm.baseline
