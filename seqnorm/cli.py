@@ -13,7 +13,7 @@ import sys
 from argparse import ArgumentError
 
 import pytorch_lightning as pl
-from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 
 from .model import SeqModel
 
@@ -21,6 +21,15 @@ __all__ = ["SeqnormCLI", "main"]
 
 #: DataModule attributes that wire the model (linked, so never typed twice).
 TASK_LINKS = ("input_kind", "input_dim", "output_kind", "num_classes", "baseline")
+
+
+class LoggerSaveConfigCallback(SaveConfigCallback):
+    """Save ``config.yaml`` beside the logs and record the full config in the logger's run
+    (the W&B run config, the CSV logger's ``hparams.yaml``)."""
+
+    def save_config(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        for logger in trainer.loggers:
+            logger.log_hyperparams({"config": self.config.as_dict()})
 
 
 class SeqnormCLI(LightningCLI):
@@ -43,6 +52,7 @@ def main(args: list[str] | None = None) -> None:
             SeqModel,
             pl.LightningDataModule,
             subclass_mode_data=True,
+            save_config_callback=LoggerSaveConfigCallback,
             save_config_kwargs={"overwrite": True},
             args=args,
             parser_kwargs={"exit_on_error": False},

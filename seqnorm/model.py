@@ -20,7 +20,12 @@ from .constraints import check_constraint
 from .layers import SpectralGRU, SpectralLSTM, SpectralRNN
 from .linalg import as_blocks, compute_dtype
 
-__all__ = ["CELLS", "GATE_NAMES", "SeqModel"]
+__all__ = ["CELLS", "GATE_NAMES", "NonFiniteLossError", "SeqModel"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training met a NaN/inf loss or gradient; raised before the bad update is applied."""
+
 
 CELLS = {"rnn": SpectralRNN, "gru": SpectralGRU, "lstm": SpectralLSTM}
 #: Names of the gate blocks of ``weight_hh``, in torch's stacking order.
@@ -58,6 +63,9 @@ class SeqModel(pl.LightningModule):
             every this many training steps (0 disables it).
         unroll: use the unrolled per-step path for training (slower; the probes switch it
             on by themselves when they need it).
+        stop_on_nonfinite: stop with :class:`NonFiniteLossError` (naming the step) as soon as
+            the loss or a gradient is NaN/inf, before the optimiser applies it, so the last
+            checkpoint stays good and the loggers are flushed.
     """
 
     def __init__(
@@ -79,6 +87,7 @@ class SeqModel(pl.LightningModule):
         spectral_penalty: float = 0.0,
         log_sigma_every_n_steps: int = 50,
         unroll: bool = False,
+        stop_on_nonfinite: bool = True,
     ) -> None:
         super().__init__()
         if cell not in CELLS:
@@ -106,6 +115,7 @@ class SeqModel(pl.LightningModule):
         self.baseline = baseline
         self.spectral_penalty = float(spectral_penalty)
         self.log_sigma_every_n_steps = log_sigma_every_n_steps
+        self.stop_on_nonfinite = stop_on_nonfinite
         extra = {"nonlinearity": nonlinearity} if cell == "rnn" else {}
         self.rnn = CELLS[cell](
             input_dim,
@@ -224,8 +234,18 @@ class SeqModel(pl.LightningModule):
             self.log("train/baseline", float(self.baseline), on_step=True, on_epoch=False)
         return loss
 
+    def _non_finite(self, what: str) -> NonFiniteLossError:
+        ckpt = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none yet"
+        return NonFiniteLossError(
+            f"non-finite {what} at step {self.global_step}; training stopped before the update, "
+            f"last good checkpoint: {ckpt} (lower the learning rate or set "
+            "trainer.gradient_clip_val)"
+        )
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss = self._step(batch, "train")
+        if self.stop_on_nonfinite and not torch.isfinite(loss):
+            raise self._non_finite(f"loss ({loss.item()})")
         if self.spectral_penalty:
             pen = self.penalty()
             self.log("train/spectral_penalty", pen.detach(), on_step=True, on_epoch=False)
@@ -236,6 +256,13 @@ class SeqModel(pl.LightningModule):
                 for key, val in self.sigma_max().items():
                     self.log(f"sigma_max/{key}", val, on_step=True, on_epoch=False)
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if not self.stop_on_nonfinite:
+            return
+        grads = [p.grad.detach().norm() for p in self.parameters() if p.grad is not None]
+        if grads and not torch.isfinite(torch.stack(grads).sum()):
+            raise self._non_finite("gradient")
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._step(batch, "val")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import operator
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 _MASK64 = (1 << 64) - 1
 
@@ -72,33 +72,74 @@ def sample_generator(seed: int, split_id: int, index: int) -> torch.Generator:
     return g
 
 
+class EpochShuffleSampler(Sampler[int]):
+    """Shuffles with a permutation that is a pure function of ``(seed, epoch)``.
+
+    Lightning calls :meth:`set_epoch` at the start of every epoch, so the order of epoch ``e``
+    does not depend on how many epochs this process has run: a run resumed from a checkpoint
+    sees the same order as an uninterrupted one. :meth:`start_at_batch` makes the next pass
+    skip the batches an interrupted epoch already trained on (``len`` stays the full size, so
+    Lightning's batch counting is unchanged).
+    """
+
+    def __init__(self, size: int, seed: int, batch_size: int) -> None:
+        self.size, self.seed, self.batch_size = size, seed, batch_size
+        self.epoch = 0
+        self._skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def start_at_batch(self, batch: int) -> None:
+        self._skip = max(0, batch) * self.batch_size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):  # noqa: ANN204
+        g = torch.Generator()
+        g.manual_seed(_splitmix64(_splitmix64(self.seed & _MASK64) ^ self.epoch))
+        order = torch.randperm(self.size, generator=g)[self._skip :]
+        self._skip = 0
+        yield from order.tolist()
+
+
+def resume_batch(trainer: object | None) -> int:
+    """Batches of the current epoch a resumed Lightning fit already trained on (0 otherwise)."""
+    loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+    if loop is None or not getattr(trainer.fit_loop, "restarting", False):
+        return 0
+    return int(loop.batch_progress.current.completed)
+
+
 def make_loader(
     dataset: Dataset,
     batch_size: int,
     num_workers: int,
     shuffle: bool = False,
     seed: int | None = None,
+    start_batch: int = 0,
 ) -> DataLoader:
-    """A batch-first ``DataLoader``; the train shuffle uses a generator seeded by ``seed``.
+    """A batch-first ``DataLoader``; the train shuffle is an :class:`EpochShuffleSampler`.
 
     Args:
         dataset: the map-style dataset to batch.
         batch_size: samples per batch.
         num_workers: worker processes; ``persistent_workers`` is on only when this is > 0.
         shuffle: whether to reshuffle every epoch.
-        seed: seed of the shuffling generator (required when ``shuffle`` is true).
+        seed: seed of the shuffle (required when ``shuffle`` is true).
+        start_batch: with ``shuffle``, skip this many batches of the first pass (resume).
     """
-    generator = None
+    sampler = None
     if shuffle:
         if seed is None:
             raise ValueError("seed must be given when shuffle=True, got None")
-        generator = torch.Generator()
-        generator.manual_seed(seed & _MASK64)
+        sampler = EpochShuffleSampler(len(dataset), seed, batch_size)
+        sampler.start_at_batch(start_batch)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
-        generator=generator,
+        sampler=sampler,
         num_workers=num_workers,
         pin_memory=False,
         persistent_workers=num_workers > 0,

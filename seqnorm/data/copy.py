@@ -35,6 +35,7 @@ from seqnorm.data._common import (
     check_split,
     make_loader,
     normalize_index,
+    resume_batch,
     sample_generator,
 )
 
@@ -168,7 +169,12 @@ class CopyMemoryDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         self.setup()
         return make_loader(
-            self.train_dataset, self.batch_size, self.num_workers, shuffle=True, seed=self.seed
+            self.train_dataset,
+            self.batch_size,
+            self.num_workers,
+            shuffle=True,
+            seed=self.seed,
+            start_batch=resume_batch(self.trainer),
         )
 
     def val_dataloader(self) -> DataLoader:

@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from seqnorm.data._common import check_int, check_seed, make_loader, normalize_index
+from seqnorm.data._common import check_int, check_seed, make_loader, normalize_index, resume_batch
 
 __all__ = [
     "MNIST_FILES",
@@ -440,6 +440,7 @@ class SequentialMNISTDataModule(pl.LightningDataModule):
             self.num_workers,
             shuffle=True,
             seed=self.split_seed,
+            start_batch=resume_batch(self.trainer),
         )
 
     def val_dataloader(self) -> DataLoader:
