@@ -35,6 +35,17 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
 class SeqnormCLI(LightningCLI):
     """LightningCLI with the task attributes of the DataModule linked into the model."""
 
+    def _parse_ckpt_path(self) -> None:
+        # Lightning reads the checkpoint's hyperparameters here; name the file when it can't.
+        try:
+            super()._parse_ckpt_path()
+        except (OSError, RuntimeError, EOFError, ValueError, KeyError) as err:
+            path = self.config[self.config.subcommand].get("ckpt_path")
+            raise ValueError(
+                f"cannot read checkpoint {path} ({type(err).__name__}: {err}); is it truncated "
+                "or not a seqnorm/Lightning checkpoint?"
+            ) from None
+
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 (jsonargparse parser)
         for name in TASK_LINKS:
             parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")

@@ -109,7 +109,9 @@ def resume_batch(trainer: object | None) -> int:
     loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
     if loop is None or not getattr(trainer.fit_loop, "restarting", False):
         return 0
-    return int(loop.batch_progress.current.completed)
+    # `processed` counts batches whose training step ran; a checkpoint written in
+    # on_train_batch_end predates the `completed` increment of that same batch.
+    return int(loop.batch_progress.current.processed)
 
 
 def make_loader(

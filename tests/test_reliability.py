@@ -1,0 +1,244 @@
+"""Reliability: exact resume after a real kill, determinism, atomic checkpoints, non-finite
+loss, several processes, precision, and bad checkpoints."""
+
+import csv
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import yaml
+
+from seqnorm.data import AddingDataModule, CopyMemoryDataModule
+from seqnorm.model import NonFiniteLossError, SeqModel
+
+ROOT = Path(__file__).resolve().parents[1]
+# Test-only callbacks, importable by the subprocesses through PYTHONPATH.
+KILLER = '''
+import os, signal
+import pytorch_lightning as pl
+
+class KillAtStep(pl.Callback):
+    """SIGKILL this process after training step `step` (no clean shutdown, no final save)."""
+    def __init__(self, step: int):
+        self.step = step
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+class DieBeforeCommit(pl.Callback):
+    """Make the next checkpoint write die after the temp file is written, before the rename."""
+    def __init__(self, step: int):
+        self.step = step
+    def on_train_batch_start(self, trainer, *args):
+        if trainer.global_step == self.step:
+            import fsspec.implementations.local as local
+            local.LocalFileOpener.commit = lambda self: os._exit(9)
+'''
+
+
+def _config(tmp: Path, every: int, extra_callbacks=()) -> Path:
+    cfg = yaml.safe_load((ROOT / "configs/copy.yaml").read_text())
+    cfg["trainer"].update(
+        max_steps=16, val_check_interval=5, log_every_n_steps=1, enable_progress_bar=False,
+        default_root_dir=str(tmp / "runs"),
+        logger={"class_path": "pytorch_lightning.loggers.CSVLogger",
+                "init_args": {"save_dir": str(tmp / "runs"), "name": "logs", "version": 0}},
+    )  # fmt: skip
+    cfg["trainer"]["callbacks"] = [
+        {"class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
+         "init_args": {"dirpath": str(tmp / "ckpt"), "save_last": True,
+                       "every_n_train_steps": every, "save_top_k": -1}},
+        *extra_callbacks,
+    ]  # fmt: skip
+    cfg["model"].update(hidden_size=8, log_sigma_every_n_steps=1)
+    # 24 samples / batch 4 = 6 batches per epoch: the kill lands mid-epoch 2.
+    cfg["data"]["init_args"].update(seq_len=4, batch_size=4, num_train=24, num_val=8)
+    path = tmp / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _run(tmp: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    (tmp / "killer.py").write_text(KILLER)
+    env = {**os.environ, "PYTHONPATH": str(tmp), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    cmd = [sys.executable, "-m", "seqnorm.cli", *args]
+    proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def _weights(ckpt: Path) -> dict:
+    return torch.load(ckpt, map_location="cpu", weights_only=False)
+
+
+def _train_losses(tmp: Path) -> dict[int, float]:
+    rows = csv.DictReader(open(tmp / "runs/logs/version_0/metrics.csv"))
+    return {int(r["step"]): float(r["train/loss_step"]) for r in rows if r.get("train/loss_step")}
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_exactly(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    _run(a, "fit", "--config", str(_config(a, every=4)))
+    kill = {"class_path": "killer.KillAtStep", "init_args": {"step": 10}}
+    proc = _run(b, "fit", "--config", str(_config(b, every=4, extra_callbacks=[kill])), check=False)
+    assert proc.returncode == -9, proc.stderr[-2000:]  # really killed
+    assert _weights(b / "ckpt/last.ckpt")["global_step"] == 8  # mid-epoch 2 (6 per epoch)
+    _run(b, "fit", "--config", str(_config(b, every=4)), "--ckpt_path", "last")
+    ca, cb = _weights(a / "ckpt/last.ckpt"), _weights(b / "ckpt/last.ckpt")
+    assert ca["global_step"] == cb["global_step"] == 16
+    for key, val in ca["state_dict"].items():  # weights and power-iteration buffers
+        torch.testing.assert_close(cb["state_dict"][key], val, rtol=1e-6, atol=1e-7, msg=key)
+    for sa, sb in zip(ca["optimizer_states"][0]["state"].values(),
+                      cb["optimizer_states"][0]["state"].values(), strict=True):  # fmt: skip
+        for k in sa:
+            torch.testing.assert_close(sb[k], sa[k], rtol=1e-6, atol=1e-7)
+    la, lb = _train_losses(a), _train_losses(b)
+    for step in range(8, 16):  # the steps trained after the resume
+        assert lb[step] == pytest.approx(la[step], rel=1e-5), step
+
+
+@pytest.mark.slow
+def test_kill_during_checkpoint_write_keeps_previous(tmp_path):
+    die = {"class_path": "killer.DieBeforeCommit", "init_args": {"step": 5}}
+    proc = _run(tmp_path, "fit", "--config", str(_config(tmp_path, every=3, extra_callbacks=[die])),
+                check=False)  # fmt: skip
+    assert proc.returncode == 9
+    ckpt = _weights(tmp_path / "ckpt/last.ckpt")  # still readable, the previous one
+    assert ckpt["global_step"] == 3
+
+
+def _fit(model, dm, **kw):
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, **kw)  # fmt: skip
+    trainer.fit(model, dm)
+    return trainer
+
+
+class _LossRecorder(pl.Callback):
+    def __init__(self):
+        self.losses = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(outputs["loss"].item())
+
+
+def test_same_seed_same_losses():
+    runs = []
+    for _ in range(2):
+        pl.seed_everything(7)
+        dm = CopyMemoryDataModule(seq_len=4, batch_size=4, num_train=16, num_val=4)
+        model = SeqModel.from_datamodule(dm, hidden_size=8, constraint="scaled", dropout=0.0)
+        rec = _LossRecorder()
+        _fit(model, dm, max_steps=10, callbacks=[rec], limit_val_batches=0)
+        runs.append(rec.losses)
+    assert runs[0] == runs[1]
+
+
+class _NaNAtStep(SeqModel):
+    def training_step(self, batch, batch_idx):
+        if self.global_step == 4:
+            x, y = batch
+            batch = (x, torch.full_like(y, float("nan")))
+        return super().training_step(batch, batch_idx)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    dm = AddingDataModule(seq_len=5, batch_size=4, num_train=64, num_val=4)
+    model = _NaNAtStep.from_datamodule(dm, hidden_size=8, constraint="none")
+    ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=2)
+    logger = pl.loggers.CSVLogger(tmp_path, name="logs", flush_logs_every_n_steps=1000)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=10, callbacks=[ckpt], logger=logger,
+                         log_every_n_steps=1, enable_progress_bar=False)  # fmt: skip
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss \(nan\) at step 4.*last.ckpt"):
+        trainer.fit(model, dm)
+    state = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    assert state["global_step"] == 4
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values())
+    metrics = (tmp_path / "logs/version_0/metrics.csv").read_text()  # flushed on failure
+    assert "train/loss_step" in metrics
+
+
+def test_gradient_clipping_from_trainer():
+    dm = AddingDataModule(seq_len=5, batch_size=4, num_train=16, num_val=4)
+    model = SeqModel.from_datamodule(dm, hidden_size=8)
+    _fit(model, dm, max_steps=3, gradient_clip_val=0.5, limit_val_batches=0)
+
+
+@pytest.mark.parametrize("precision", ["64-true", "bf16-mixed"])
+def test_precision_runs_and_constraint_holds(precision):
+    dm = AddingDataModule(seq_len=6, batch_size=4, num_train=16, num_val=4)
+    model = SeqModel.from_datamodule(dm, hidden_size=8, constraint="spectral")
+    _fit(model, dm, max_steps=4, precision=precision, limit_val_batches=0)
+    W = model.rnn.weight_hh_l0.detach()
+    assert W.dtype == (torch.float64 if precision == "64-true" else torch.float32)
+    buf = model.rnn.parametrizations.weight_hh_l0[0]._u
+    assert buf.dtype in (torch.float32, torch.float64)
+    s = torch.linalg.matrix_norm(W.reshape(3, 8, 8).double(), 2)
+    assert torch.allclose(s, torch.ones(3, dtype=torch.float64), atol=1e-2)
+
+
+DDP_SCRIPT = textwrap.dedent("""
+    import sys, torch, pytorch_lightning as pl
+    from seqnorm.data import CopyMemoryDataModule
+    from seqnorm.model import SeqModel
+    out = sys.argv[1]
+
+    class SaveEveryRank(pl.Callback):  # runs inside each forked worker
+        def on_train_end(self, trainer, pl_module):
+            state = {k: v.clone() for k, v in pl_module.state_dict().items()}
+            torch.save(state, f"{out}/rank{trainer.global_rank}.pt")
+
+    pl.seed_everything(3)
+    dm = CopyMemoryDataModule(seq_len=4, batch_size=4, num_train=32, num_val=8)
+    model = SeqModel.from_datamodule(dm, hidden_size=8, constraint="spectral")
+    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp_fork", max_steps=4,
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         limit_val_batches=0, enable_model_summary=False,
+                         callbacks=[SaveEveryRank()])
+    trainer.fit(model, dm)
+""")
+
+
+@pytest.mark.slow
+def test_ddp_fork_two_processes_agree(tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0 = torch.load(tmp_path / "rank0.pt")
+    r1 = torch.load(tmp_path / "rank1.pt")
+    assert any("_u" in k for k in r0)
+    for k in r0:  # weights, optimiser-updated params and power-iteration buffers
+        assert torch.equal(r0[k], r1[k]), k
+
+
+def test_corrupt_and_mismatched_checkpoints_give_one_line_errors(tmp_path):
+    cfg = _config(tmp_path, every=2)
+    _run(tmp_path, "fit", "--config", str(cfg), "--trainer.max_steps", "2")
+    good = tmp_path / "ckpt/last.ckpt"
+    before = good.read_bytes()
+    bad = tmp_path / "corrupt.ckpt"
+    bad.write_bytes(before[: len(before) // 2])
+    adding = ["--config", str(ROOT / "configs/adding.yaml"), "--data.seq_len", "5"]
+    cases = [
+        (["--config", str(cfg), "--ckpt_path", str(bad)], "corrupt.ckpt"),
+        # a copy-task checkpoint into an adding-task model: different input/readout shapes
+        ([*adding, "--ckpt_path", str(good)], "size mismatch for rnn.weight_ih_l0"),
+    ]
+    for args, match in cases:
+        proc = _run(tmp_path, "fit", *args, "--trainer.max_steps", "4", check=False)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith("seqnorm: error:") and match in last, last
+        assert "Traceback" not in proc.stderr
+    assert good.read_bytes() == before  # existing checkpoints untouched
