@@ -66,6 +66,10 @@ class SeqModel(pl.LightningModule):
         stop_on_nonfinite: stop with :class:`NonFiniteLossError` (naming the step) as soon as
             the loss or a gradient is NaN/inf, before the optimiser applies it, so the last
             checkpoint stays good and the loggers are flushed.
+        tbptt_steps: truncated backpropagation through time: split each sequence into
+            chunks of this many steps with an optimiser step per chunk (manual
+            optimisation; ``trainer.gradient_clip_val`` is then not available). ``None``:
+            full backpropagation through time.
     """
 
     def __init__(
@@ -88,6 +92,7 @@ class SeqModel(pl.LightningModule):
         log_sigma_every_n_steps: int = 50,
         unroll: bool = False,
         stop_on_nonfinite: bool = True,
+        tbptt_steps: int | None = None,
     ) -> None:
         super().__init__()
         if cell not in CELLS:
@@ -116,6 +121,10 @@ class SeqModel(pl.LightningModule):
         self.spectral_penalty = float(spectral_penalty)
         self.log_sigma_every_n_steps = log_sigma_every_n_steps
         self.stop_on_nonfinite = stop_on_nonfinite
+        if tbptt_steps is not None and (not isinstance(tbptt_steps, int) or tbptt_steps < 1):
+            raise ValueError(f"tbptt_steps must be None or an int >= 1, got {tbptt_steps!r}")
+        self.tbptt_steps = tbptt_steps
+        self.automatic_optimization = tbptt_steps is None
         extra = {"nonlinearity": nonlinearity} if cell == "rnn" else {}
         self.rnn = CELLS[cell](
             input_dim,
@@ -173,10 +182,7 @@ class SeqModel(pl.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``(B, T, C)`` (per-step), ``(B, C)`` (last step) or predictions ``(B,)``."""
         out, _ = self.rnn(self.encode(x))  # (B, T, H)
-        if self.output_kind == "per_step_class":
-            return self.readout(out)  # (B, T, C)
-        y = self.readout(out[:, -1])  # (B, C)
-        return y.squeeze(-1) if self.output_kind == "last_regression" else y
+        return self._readout(out)
 
     def loss(self, output: Tensor, target: Tensor) -> Tensor:
         """The task loss: cross-entropy (over every step for per-step tasks) or MSE."""
@@ -207,6 +213,10 @@ class SeqModel(pl.LightningModule):
         x, y = batch
         output = self(x)
         loss = self.loss(output, y)
+        self._log_metrics(output, y, loss, split)
+        return loss
+
+    def _log_metrics(self, output: Tensor, y: Tensor, loss: Tensor, split: str) -> None:
         metrics: nn.ModuleDict = getattr(self, f"{split}_metrics")
         bs = y.shape[0]
         # Calling a metric (not .update) also caches the batch value Lightning logs per step.
@@ -232,7 +242,60 @@ class SeqModel(pl.LightningModule):
             )
         if self.baseline is not None and split == "train":
             self.log("train/baseline", float(self.baseline), on_step=True, on_epoch=False)
+
+    def _readout(self, out: Tensor) -> Tensor:
+        if self.output_kind == "per_step_class":
+            return self.readout(out)  # (B, t, C)
+        y = self.readout(out[:, -1])  # (B, C)
+        return y.squeeze(-1) if self.output_kind == "last_regression" else y
+
+    def _tbptt_step(self, batch: tuple[Tensor, Tensor]) -> Tensor:
+        """Truncated BPTT: chunks of ``tbptt_steps``, state carried but detached between
+        chunks, one optimiser step per chunk that has a loss. For last-step tasks only the
+        last chunk has a loss: earlier chunks run without a graph (gradient truncated to the
+        last ``tbptt_steps`` steps)."""
+        x, y = batch
+        opt = self.optimizers()
+        inputs = self.encode(x)  # (B, T, F)
+        chunks = inputs.split(self.tbptt_steps, dim=1)
+        per_step = self.output_kind == "per_step_class"
+        targets = y.split(self.tbptt_steps, dim=1) if per_step else [y] * len(chunks)
+        state, outputs, losses = None, [], []
+        for i, (chunk, target) in enumerate(zip(chunks, targets, strict=True)):
+            if not per_step and i < len(chunks) - 1:
+                with torch.no_grad():
+                    _, state = self.rnn(chunk, state)
+                continue
+            out, state = self.rnn(chunk, state)
+            output = self._readout(out)
+            loss = self.loss(output, target)
+            if self.stop_on_nonfinite and not torch.isfinite(loss):
+                raise self._non_finite(f"loss ({loss.item()})")
+            opt.zero_grad()
+            self.manual_backward(loss)
+            opt.step()
+            state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+            outputs.append(output.detach())
+            losses.append(loss.detach() * (target.numel() if per_step else 1))
+        output = torch.cat(outputs, dim=1) if per_step else outputs[-1]
+        loss = torch.stack(losses).sum() / (y.numel() if per_step else 1)
+        self._log_metrics(output, y, loss, "train")
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        if self.automatic_optimization:
+            return
+        sched = self.lr_schedulers()
+        if sched is not None and not isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            sched.step()
+
+    def on_validation_epoch_end(self) -> None:
+        if self.automatic_optimization or self.trainer.sanity_checking:
+            return
+        sched = self.lr_schedulers()
+        val = self.trainer.callback_metrics.get("val/loss")
+        if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau) and val is not None:
+            sched.step(val)
 
     def _non_finite(self, what: str) -> NonFiniteLossError:
         ckpt = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none yet"
@@ -243,6 +306,8 @@ class SeqModel(pl.LightningModule):
         )
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        if self.tbptt_steps:
+            return self._tbptt_step(batch)
         loss = self._step(batch, "train")
         if self.stop_on_nonfinite and not torch.isfinite(loss):
             raise self._non_finite(f"loss ({loss.item()})")

@@ -118,3 +118,29 @@ def test_learns_adding_well_below_baseline():
     trainer.fit(model, dm)
     (res,) = _trainer().validate(model, dm, verbose=False)
     assert res["val/mse"] < 0.1 * dm.baseline
+
+
+@pytest.mark.parametrize(
+    "make_dm",
+    [
+        lambda: CopyMemoryDataModule(seq_len=6, batch_size=4, num_train=16, num_val=4),
+        lambda: AddingDataModule(seq_len=12, batch_size=4, num_train=16, num_val=4),
+    ],
+)
+def test_tbptt_trains_and_truncates(make_dm):
+    dm = make_dm()
+    model = SeqModel.from_datamodule(dm, hidden_size=8, tbptt_steps=5)
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    trainer = _trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1)
+    trainer.fit(model, dm)
+    assert "train/loss" in trainer.callback_metrics
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert any("weight_hh" in k for k in changed)
+    # one optimiser step per chunk with a loss: copy 26 steps -> 6 chunks; adding -> 1
+    per_batch = 6 if dm.output_kind == "per_step_class" else 1
+    assert trainer.global_step == 2 * per_batch  # global_step counts optimiser steps
+
+
+def test_tbptt_option_checked():
+    with pytest.raises(ValueError, match="tbptt_steps must be None or an int >= 1, got 0"):
+        SeqModel(tbptt_steps=0)
