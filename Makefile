@@ -35,8 +35,8 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check seqnorm tests experiments
+	$(VENV)/bin/ruff format --check seqnorm tests experiments
 
 bench: $(STAMP)
 	$(PY) experiments/bench_speed.py
