@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import MNIST_DIR as SHARED_MNIST  # noqa: E402
 
 from seqnorm.data import (
     ADDING_BASELINE,
@@ -31,7 +32,6 @@ from seqnorm.data import (
 )
 from seqnorm.data import mnist as mnist_module
 
-SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 MNIST_NAMES = [name for name, _ in mnist_module.MNIST_FILES.values()]
 
 
