@@ -1,0 +1,389 @@
+"""Probes: oracle tests against autograd done by hand, known dynamics, edge cases, errors."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import pytest
+import torch
+from torch import nn
+from torch.autograd.functional import jacobian
+
+from seqnorm import (
+    SpectralGRU,
+    SpectralGRUCell,
+    SpectralLSTM,
+    SpectralLSTMCell,
+    SpectralRNN,
+    SpectralRNNCell,
+    cached,
+)
+from seqnorm.linalg import stable_rank
+from seqnorm.probes import (
+    decay_rate,
+    find_layers,
+    grad_ratio,
+    hidden_grad_norms,
+    jacobian_norms,
+    log10_norms,
+    record_hidden_states,
+    summarize,
+    weight_spectrum,
+)
+
+D = torch.float64
+LAYERS = {"rnn": SpectralRNN, "gru": SpectralGRU, "lstm": SpectralLSTM}
+CELLS = {"rnn": SpectralRNNCell, "gru": SpectralGRUCell, "lstm": SpectralLSTMCell}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tensors here are tiny: intra-op threads only add overhead (and stall on a busy box)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class Tagger(nn.Module):
+    """A user's own model: a seqnorm layer and a per-step readout (batch-first)."""
+
+    def __init__(self, cell: str, num_layers: int = 1, **kw) -> None:
+        super().__init__()
+        self.rnn = LAYERS[cell](3, 5, num_layers=num_layers, batch_first=True, **kw)
+        self.head = nn.Linear(5, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.rnn(x)[0])  # (B, T, 4)
+
+
+def per_step_ce(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(out.flatten(0, 1), y.flatten())
+
+
+def manual_grad_norms(model: Tagger, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Unroll cells with the layer's (constrained) weights, retain_grad on every h[t]."""
+    rnn = model.rnn
+    lstm = rnn.mode == "lstm"
+    extra = {"nonlinearity": rnn.nonlinearity} if rnn.mode.startswith("rnn") else {}
+    layer_in = x.unbind(1)  # T x (B, I)
+    rows = []
+    with cached():
+        for k in range(rnn.num_layers):
+            cell = CELLS[rnn.mode.split("_")[0]](
+                len(layer_in[0][0]), 5, constraint="none", dtype=D, **extra
+            )
+            with torch.no_grad():
+                cell.weight_ih.copy_(getattr(rnn, f"weight_ih_l{k}"))
+                cell.weight_hh.copy_(getattr(rnn, f"weight_hh_l{k}"))
+                cell.bias_ih.copy_(getattr(rnn, f"bias_ih_l{k}"))
+                cell.bias_hh.copy_(getattr(rnn, f"bias_hh_l{k}"))
+            state, hs = None, []
+            for x_t in layer_in:
+                state = cell(x_t, state)
+                h = state[0] if lstm else state
+                h.retain_grad()
+                hs.append(h)
+            rows.append(hs)
+            layer_in = hs
+    out = model.head(torch.stack(layer_in, 1))  # (B, T, 4)
+    per_step_ce(out, y).backward()
+    return torch.stack([torch.stack([h.grad.norm(dim=-1).mean() for h in hs]) for hs in rows])
+
+
+# ---------------------------------------------------------------------------- recording
+
+
+def test_record_hidden_states_restores_recorder_even_on_error() -> None:
+    gru = SpectralGRU(3, 4)
+    with pytest.raises(RuntimeError, match="boom"), record_hidden_states(gru):
+        raise RuntimeError("boom")
+    assert gru._state_recorder is None
+
+
+def test_find_layers_in_module_order() -> None:
+    model = nn.Sequential(nn.Linear(2, 3), SpectralRNN(3, 4), nn.Sequential(SpectralLSTM(4, 4)))
+    assert [n for n, _ in find_layers(model)] == ["1", "2.0"]
+
+
+def test_model_without_seqnorm_layer_raises() -> None:
+    with pytest.raises(ValueError, match="must contain a seqnorm layer"):
+        hidden_grad_norms(nn.GRU(3, 4), (torch.randn(5, 2, 3), None), lambda o, t: o[0].sum())
+
+
+def test_layer_called_twice_raises() -> None:
+    rnn = SpectralRNN(3, 3)
+
+    def twice(x: torch.Tensor) -> torch.Tensor:
+        return rnn(rnn(x)[0])[0]
+
+    model = nn.Module()
+    model.rnn = rnn
+    model.forward = twice
+    with pytest.raises(ValueError, match="exactly once"):
+        hidden_grad_norms(model, (torch.randn(4, 2, 3), None), lambda o, t: o.sum())
+    assert rnn._state_recorder is None
+
+
+def test_bad_batch_raises() -> None:
+    with pytest.raises(ValueError, match="batch must be a pair"):
+        hidden_grad_norms(SpectralRNN(2, 2), torch.randn(3, 2), lambda o, t: o[0].sum())
+
+
+# ---------------------------------------------------------------------- hidden_grad_norms
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_hidden_grad_norms_equal_manual_unroll(cell: str) -> None:
+    model = Tagger(cell, num_layers=2, constraint="spectral").to(D).eval()
+    x, y = torch.randn(3, 7, 3, dtype=D), torch.randint(0, 4, (3, 7))
+    got = hidden_grad_norms(model, (x, y), per_step_ce)
+    assert got.shape == (2, 7) and got.dtype == D
+    assert all(p.grad is None for p in model.parameters())
+    torch.testing.assert_close(got, manual_grad_norms(model, x, y), rtol=1e-10, atol=1e-14)
+
+
+def test_probe_keeps_mode_buffers_and_grads() -> None:
+    model = Tagger("gru", constraint="spectral").train()
+    with torch.no_grad():  # move the weights: a training forward now updates u, v
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    hidden_grad_norms(model, (torch.randn(2, 6, 3), torch.randint(0, 4, (2, 6))), per_step_ce)
+    assert model.training and model.rnn.training
+    assert model.rnn._state_recorder is None
+    for k, v in model.state_dict().items():  # power-iteration vectors restored
+        assert torch.equal(v, before[k]), k
+    assert all(torch.equal(p.grad, torch.ones_like(p)) for p in model.parameters())
+
+
+def test_probe_runs_under_no_grad() -> None:
+    model = Tagger("rnn")
+    with torch.no_grad():
+        batch = (torch.randn(2, 5, 3), torch.randint(0, 4, (2, 5)))
+        n = hidden_grad_norms(model, batch, per_step_ce)
+    assert torch.isfinite(n).all() and (n > 0).all()
+
+
+def _linear_relu_rnn(W: torch.Tensor, T: int = 60, H: int = 4) -> tuple[SpectralRNN, torch.Tensor]:
+    """relu RNN, zero biases, positive W_ih and inputs: states stay positive, so it is
+    exactly linear, h[t] = W h[t-1] + W_ih x[t]."""
+    rnn = SpectralRNN(2, H, nonlinearity="relu", constraint="none", dtype=D)
+    with torch.no_grad():
+        rnn.weight_hh_l0.copy_(W)
+        rnn.weight_ih_l0.uniform_(0.1, 1.0)
+        rnn.bias_ih_l0.zero_()
+        rnn.bias_hh_l0.zero_()
+    return rnn, torch.rand(T, 3, 2, dtype=D) + 0.1
+
+
+@pytest.mark.parametrize("a", [0.9, 0.97, 1.02])
+def test_linear_rnn_scaled_identity_decays_as_a_power(a: float) -> None:
+    H, T = 4, 60
+    rnn, x = _linear_relu_rnn(a * torch.eye(H, dtype=D), T, H)
+    n = hidden_grad_norms(rnn, (x, None), lambda out, _: out[-1].sum())[0]  # loss at the end
+    expected = math.sqrt(H) * a ** torch.arange(T - 1, -1, -1, dtype=D)  # ||1|| a^(T-1-t)
+    torch.testing.assert_close(n, expected, rtol=1e-9, atol=0)
+    rate = float(decay_rate(n))
+    assert rate == pytest.approx(100 * math.log10(a), rel=1e-6)
+    assert (rate < 0) == (a < 1)  # negative: vanishing going back in time
+    assert float(grad_ratio(n)) == pytest.approx(a ** (T - 1), rel=1e-9)
+
+
+def test_orthogonal_linear_regime_is_flat() -> None:
+    # tanh with tiny inputs and zero biases is linear to ~1e-16; orthogonal W keeps norms.
+    rnn = SpectralRNN(2, 6, constraint="orthogonal", dtype=D)
+    with torch.no_grad():
+        rnn.bias_ih_l0.zero_()
+        rnn.bias_hh_l0.zero_()
+    x = 1e-8 * torch.randn(80, 2, 2, dtype=D)
+    n = hidden_grad_norms(rnn, (x, None), lambda out, _: out[-1].sum())[0]
+    torch.testing.assert_close(n, n[-1].expand_as(n), rtol=1e-9, atol=0)
+    assert abs(float(decay_rate(n))) < 1e-6
+    assert float(grad_ratio(n)) == pytest.approx(1.0, rel=1e-9)
+
+
+# ------------------------------------------------------------------------------ summaries
+
+
+def test_decay_rate_is_robust_to_outliers() -> None:
+    t = torch.arange(200, dtype=D)
+    n = 10 ** (0.01 * t)  # log10 grows 1 per 100 steps forward: -1 going backward
+    n[::17] *= 1e6  # spikes (e.g. steps that carry a target)
+    assert float(decay_rate(n)) == pytest.approx(-1.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_zero_and_underflowing_norms_give_finite_summary(dtype: torch.dtype) -> None:
+    tiny = torch.finfo(dtype).tiny
+    curves = torch.stack([
+        torch.zeros(50, dtype=dtype),
+        torch.logspace(-60, 0, 50, dtype=torch.float64).to(dtype),  # float32 underflows to 0
+        torch.full((50,), tiny / 8, dtype=dtype),  # subnormal
+        torch.tensor([0.0] * 25 + [1.0] * 25, dtype=dtype),
+        torch.tensor([float("inf")] + [1.0] * 49, dtype=dtype),
+    ])  # fmt: skip
+    assert torch.isfinite(log10_norms(curves)).all()
+    s = summarize(curves)
+    assert all(math.isfinite(v) for v in s.values()), s
+    assert s["decay_rate/l0"] == 0.0 and s["grad_ratio/l0"] == 1.0
+    assert s["grad_ratio/l3"] == pytest.approx(tiny, rel=1e-4)  # floored zero over one
+
+
+def test_float32_norms_do_not_flush_tiny_gradients_to_zero() -> None:
+    # Entries ~1e-25 are normal float32 numbers, but their squares are not: a norm taken in
+    # float32 reads 0 there. The probe must see the true size down to float32's own range.
+    rnn = SpectralRNN(2, 8, constraint="none")  # float32
+    x = torch.randn(6, 3, 2)
+    scale = 1e-25
+
+    def loss_fn(out: tuple[torch.Tensor, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+        return scale * (out[0][-1] * y).sum()
+
+    y = torch.randn(3, 8)
+    tiny = hidden_grad_norms(rnn, (x, y), loss_fn)
+    ref = hidden_grad_norms(rnn, (x, y / scale), loss_fn)  # same curve, entries ~1
+    assert tiny.dtype == torch.float32 and (tiny > 0).all()
+    torch.testing.assert_close(tiny / scale, ref, rtol=1e-4, atol=0)
+
+
+def test_summarize_headline_is_last_row() -> None:
+    n = torch.stack([10 ** (0.02 * torch.arange(30.0)), torch.ones(30)])
+    s = summarize(n)
+    assert s["decay_rate"] == s["decay_rate/l1"] == 0.0
+    assert s["decay_rate/l0"] == pytest.approx(-2.0, rel=1e-5)
+    assert set(summarize(torch.ones(30))) == {"decay_rate", "grad_ratio"}
+
+
+@pytest.mark.parametrize("bad", [torch.ones(1), torch.ones(2, 3, 4), torch.ones(3, 1)])
+def test_summaries_reject_bad_shapes(bad: torch.Tensor) -> None:
+    with pytest.raises(ValueError, match="norms must"):
+        summarize(bad)
+
+
+# ------------------------------------------------------------------------------ Jacobians
+
+
+def _full_jacobian_norm(layer, x: torch.Tensor, t: int) -> float:
+    """||dh[T-1]/dh[t]||_2 of a one-layer net, restarting the layer from h[t] (public API)."""
+    _, state = layer(x[: t + 1])
+    lstm = layer.mode == "lstm"
+
+    def f(h: torch.Tensor) -> torch.Tensor:
+        hx = (h[None], state[1]) if lstm else h[None]
+        _, s = layer(x[t + 1 :], hx)
+        return (s[0] if lstm else s)[0]
+
+    J = jacobian(f, (state[0] if lstm else state)[0].detach())  # (H, H)
+    return float(torch.linalg.matrix_norm(J, 2))
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_jacobian_power_iteration_matches_full_jacobian(cell: str) -> None:
+    layer = LAYERS[cell](3, 5, constraint="none", dtype=D)
+    x = torch.randn(12, 3, dtype=D)
+    steps = [0, 4, 9]
+    got = jacobian_norms(layer, x, steps=steps, method="power", n_iterations=60)
+    want = torch.tensor([_full_jacobian_norm(layer, x, t) for t in steps], dtype=D)
+    assert (got <= want * (1 + 1e-12)).all()  # power iteration converges from below
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-12)
+    one = jacobian_norms(layer, x, steps=[-1], method="power")
+    torch.testing.assert_close(one, torch.ones(1, dtype=D))
+
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_jacobian_power_iteration_matches_closed_form(nonlinearity: str) -> None:
+    # Two stacked layers, batch-first batched input: last layer, batch element 0.
+    layer = SpectralRNN(3, 6, num_layers=2, nonlinearity=nonlinearity, batch_first=True,
+                        constraint="spectral", dtype=D).eval()  # fmt: skip
+    x = torch.randn(2, 15, 3, dtype=D)
+    exact = jacobian_norms(layer, x, method="closed_form")
+    assert exact.shape == (5,) and exact[-1] == 1
+    power = jacobian_norms(layer, x, method="power", n_iterations=300)
+    torch.testing.assert_close(power, exact, rtol=1e-6, atol=1e-12)
+    torch.testing.assert_close(jacobian_norms(layer, x), exact)  # auto = closed form
+    # only element 0 counts
+    x2 = torch.cat([x[:1], torch.randn(1, 15, 3, dtype=D)])
+    torch.testing.assert_close(jacobian_norms(layer, x2, method="closed_form"), exact)
+
+
+def test_jacobian_closed_form_first_layer_matches_power() -> None:
+    layer = SpectralRNN(3, 4, num_layers=2, constraint="none", dtype=D)
+    x = torch.randn(10, 3, dtype=D)
+    exact = jacobian_norms(layer, x, steps=[1, 5], method="closed_form", layer_index=0)
+    power = jacobian_norms(layer, x, steps=[1, 5], method="power", n_iterations=300,
+                           layer_index=0)  # fmt: skip
+    torch.testing.assert_close(power, exact, rtol=1e-6, atol=1e-12)
+
+
+def test_jacobian_errors() -> None:
+    gru = SpectralGRU(3, 4)
+    x = torch.randn(6, 3)
+    with pytest.raises(ValueError, match="closed_form"):
+        jacobian_norms(gru, x, method="closed_form")
+    with pytest.raises(ValueError, match="method must be"):
+        jacobian_norms(gru, x, method="svd")
+    with pytest.raises(ValueError, match="steps must be ints"):
+        jacobian_norms(gru, x, steps=[6])
+    with pytest.raises(ValueError, match="n_iterations"):
+        jacobian_norms(gru, x, n_iterations=0)
+    with pytest.raises(ValueError, match="layer_index"):
+        jacobian_norms(gru, x, layer_index=1)
+    with pytest.raises(TypeError, match="layer must be"):
+        jacobian_norms(nn.GRU(3, 4), x)
+
+
+# ------------------------------------------------------------------------------- spectrum
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_weight_spectrum_matches_svdvals(cell: str) -> None:
+    layer = LAYERS[cell](3, 6, num_layers=2, constraint="none")
+    with torch.no_grad():
+        layer.weight_hh_l1.mul_(3.0)
+    spec = weight_spectrum(layer)
+    G = layer.gates
+    assert spec["singular_values"].shape == (2, G, 6)
+    for k in range(2):
+        W = getattr(layer, f"weight_hh_l{k}").detach()
+        torch.testing.assert_close(
+            spec["singular_values"][k], torch.linalg.svdvals(W.view(G, 6, 6))
+        )
+        torch.testing.assert_close(spec["stable_rank"][k], stable_rank(W, blocks=G))
+        torch.testing.assert_close(
+            spec["sigma_max"][k], torch.linalg.matrix_norm(W.view(G, 6, 6), 2)
+        )
+    bound = spec["sigma_max"][0].max() * spec["sigma_max"][1].max()
+    torch.testing.assert_close(spec["lipschitz_bound"], bound)
+
+
+def test_weight_spectrum_orthogonal_and_bound() -> None:
+    spec = weight_spectrum(SpectralGRU(3, 8, constraint="orthogonal"))
+    torch.testing.assert_close(spec["singular_values"], torch.ones(1, 3, 8), atol=1e-5, rtol=0)
+    torch.testing.assert_close(spec["stable_rank"], torch.full((1, 3), 8.0), atol=1e-4, rtol=0)
+    half = {"gamma_min": 0.5, "gamma_max": 0.5}
+    spec = weight_spectrum(
+        SpectralRNN(3, 8, num_layers=3, constraint="scaled", constraint_options=half)
+    )
+    assert float(spec["lipschitz_bound"]) == pytest.approx(0.125, rel=1e-3)
+
+
+def test_lipschitz_bound_bounds_elman_jacobian() -> None:
+    layer = SpectralRNN(3, 6, constraint="bound", constraint_options={"gamma": 0.9}, dtype=D)
+    x = torch.randn(20, 3, dtype=D)
+    bound = float(weight_spectrum(layer)["lipschitz_bound"])
+    steps = [0, 5, 10, 19]
+    got = jacobian_norms(layer, x, steps=steps)
+    assert all(float(g) <= bound ** (19 - t) * (1 + 1e-9) for g, t in zip(got, steps, strict=True))
+
+
+def test_weight_spectrum_keeps_power_iteration_state() -> None:
+    layer = SpectralLSTM(3, 5).train()
+    with torch.no_grad():
+        layer.parametrizations.weight_hh_l0.original.add_(0.3)  # u, v no longer converged
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    weight_spectrum(layer)
+    assert all(torch.equal(v, before[k]) for k, v in layer.state_dict().items())
