@@ -1,0 +1,397 @@
+"""Lightning callbacks that run the probes during training and log what they find.
+
+* :class:`GradientFlowMonitor` -- ``||dL/dh[t]||`` on a fixed probe batch every N steps:
+  scalars (``probe/decay_rate``, ``probe/grad_ratio``, ``probe/sigma_max/l{k}/{gate}``,
+  ``probe/lipschitz_bound``), a heatmap over training and the current curve.
+* :class:`SpectrumMonitor` -- singular values of every ``weight_hh`` gate block over training.
+
+They log to whatever loggers the trainer has. Scalars go to every logger
+(``logger.log_metrics``). Figures and the per-step table are written, on rank 0, as PNG and
+CSV files under ``<log dir>/gradient_flow/`` (``spectrum/``), where the log dir is the first
+logger's ``log_dir`` (CSV, TensorBoard) or ``save_dir`` (others), else
+``trainer.default_root_dir``; with a ``WandbLogger`` they are logged as images and a table
+as well. W&B is never imported here: a W&B logger is recognised by its class name.
+
+The probes change nothing in training: they run in eval mode (no dropout, no update of the
+constraints' power-iteration vectors; every module's mode is restored afterwards), take
+gradients with :func:`torch.autograd.grad` (no ``.grad`` is touched), restore buffers, and
+fetch the probe batch with the CPU RNG state saved and restored, so a run with a monitor
+ends with the same weights as one without.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from matplotlib.figure import Figure
+from matplotlib.image import imsave
+from pytorch_lightning.utilities import move_data_to_device
+from pytorch_lightning.utilities.model_helpers import is_overridden
+from torch import Tensor
+
+from . import plots
+from .model import GATE_NAMES
+from .probes import find_layers, hidden_grad_norms, summarize, weight_spectrum
+
+__all__ = ["GradientFlowMonitor", "SpectrumMonitor"]
+
+_CELL = {"rnn_tanh": "rnn", "rnn_relu": "rnn", "gru": "gru", "lstm": "lstm"}
+
+
+def _is_wandb(logger: Any) -> bool:
+    return any(c.__name__ == "WandbLogger" for c in type(logger).__mro__)
+
+
+def _check_int(name: str, value: Any, low: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return value
+
+
+@contextmanager
+def _probing(pl_module: pl.LightningModule) -> Iterator[None]:
+    """Eval mode, gradients on, CPU RNG saved; every module's mode restored on exit."""
+    modes = [(m, m.training) for m in pl_module.modules()]
+    try:
+        pl_module.eval()
+        with torch.random.fork_rng(devices=[]), torch.enable_grad():
+            yield
+    finally:
+        for module, mode in modes:
+            module.training = mode
+
+
+class _Monitor(pl.Callback):
+    """Shared schedule, output folder and logging of the monitors."""
+
+    dirname = "probes"
+
+    def __init__(
+        self, every_n_steps: int, log_images: bool, image_every_n_steps: int | None
+    ) -> None:
+        self.every_n_steps = _check_int("every_n_steps", every_n_steps, 1)
+        self.log_images = bool(log_images)
+        if image_every_n_steps is None:
+            image_every_n_steps = 10 * every_n_steps
+        self.image_every_n_steps = _check_int("image_every_n_steps", image_every_n_steps, 1)
+        self._last_step: int | None = None
+        self._last_image_step: int | None = None
+
+    # -- schedule ------------------------------------------------------------------------
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._last_step = self._last_image_step = None
+        if trainer.is_global_zero and self._ready(trainer, pl_module):
+            self._run(trainer, pl_module, trainer.global_step)
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        step = trainer.global_step
+        if (
+            trainer.is_global_zero
+            and step % self.every_n_steps == 0
+            and step != self._last_step
+            and self._ready(trainer, pl_module)
+        ):
+            self._run(trainer, pl_module, step)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero and self._last_step is not None:
+            if self._last_image_step != self._last_step:
+                self._images(trainer, self._last_step)
+
+    def _ready(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
+        return True
+
+    def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
+        self._last_step = step
+        self._probe(trainer, pl_module, step)
+        last = self._last_image_step
+        if last is None or step - last >= self.image_every_n_steps:
+            self._images(trainer, step)
+
+    def _probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
+        raise NotImplementedError
+
+    def _draw(self, step: int) -> dict[str, Figure]:
+        raise NotImplementedError
+
+    def _images(self, trainer: pl.Trainer, step: int) -> None:
+        self._last_image_step = step
+        if not self.log_images:
+            return
+        out = self.output_dir(trainer)
+        wandb = [lg for lg in trainer.loggers if _is_wandb(lg)]
+        out.mkdir(parents=True, exist_ok=True)
+        for name, fig in self._draw(step).items():
+            img = plots.to_rgb_array(fig)  # (h, w, 3): drawn once, written and logged
+            imsave(out / f"{name}.png", img)
+            for lg in wandb:
+                lg.log_image(key=f"probe/{self.dirname}/{name}", images=[img], step=step)
+
+    # -- output ----------------------------------------------------------------------------
+    def output_dir(self, trainer: pl.Trainer) -> Path:
+        """Where the files go: ``<log dir>/<dirname>`` (see the module docstring)."""
+        root = None
+        if trainer.loggers:
+            lg = trainer.loggers[0]
+            root = getattr(lg, "log_dir", None) or getattr(lg, "save_dir", None)
+        return Path(root or trainer.default_root_dir) / self.dirname
+
+    @staticmethod
+    def _log_metrics(trainer: pl.Trainer, metrics: dict[str, float], step: int) -> None:
+        for lg in trainer.loggers:
+            lg.log_metrics(metrics, step=step)
+
+    def _append_csv(self, trainer: pl.Trainer, name: str, header: list[str], rows: list) -> None:
+        path = self.output_dir(trainer) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        new = not path.exists()
+        with path.open("a", newline="") as f:
+            w = csv.writer(f)
+            if new:
+                w.writerow(header)
+            w.writerows(rows)
+
+    @staticmethod
+    def _row_labels(pl_module: pl.LightningModule) -> list[tuple[str, Any]]:
+        """``(prefix, layer)`` per seqnorm layer: ``""`` for one layer, ``"name/"`` else."""
+        layers = find_layers(pl_module)
+        if not layers:
+            raise ValueError(
+                f"pl_module must contain a seqnorm layer, found none in {type(pl_module).__name__}"
+            )
+        if len(layers) == 1:
+            return [("", layers[0][1])]
+        return [(f"{name}/", layer) for name, layer in layers]
+
+    def _spectra(self, pl_module: pl.LightningModule) -> list[tuple[str, Any, dict[str, Tensor]]]:
+        return [(p, layer, {k: v.cpu() for k, v in weight_spectrum(layer).items()})
+                for p, layer in self._row_labels(pl_module)]  # fmt: skip
+
+
+class GradientFlowMonitor(_Monitor):
+    """Track how the gradient flows back through time while training.
+
+    On a fixed probe batch -- the first ``num_samples`` samples of the first validation
+    batch, or of the first training batch when there is no validation data, taken once at
+    the start of training and kept on the model's device -- it computes
+    :func:`seqnorm.probes.hidden_grad_norms` at step 0 and every ``every_n_steps``
+    optimizer steps, with ``pl_module.loss(output, target)`` as the loss, and logs:
+
+    * scalars ``probe/decay_rate`` and ``probe/grad_ratio`` (top layer; ``/l{k}`` per
+      layer when stacked, see :func:`seqnorm.probes.summarize`: a negative rate means the
+      gradient vanishes going back in time), ``probe/sigma_max/l{k}/{gate}`` and
+      ``probe/lipschitz_bound`` (see :func:`seqnorm.probes.weight_spectrum`);
+    * ``gradient_flow/grad_norms.csv`` (``step, layer, t, norm``; appended every probe);
+    * figures ``gradient_flow/heatmap.png`` (``log10 ||dL/dh[t]||`` over training steps)
+      and ``curve.png`` (the current curve), redrawn at most every
+      ``image_every_n_steps`` and at the end of training (drawing a figure costs more
+      than a probe); with a ``WandbLogger`` also logged as images
+      ``probe/gradient_flow/heatmap`` and ``.../curve``, and, at the same moments, the
+      rows since the last table as the table ``probe/gradient_flow/grad_norms``.
+
+    Scalars go through ``logger.log_metrics(..., step=global_step)`` of every logger
+    rather than ``pl_module.log``, which Lightning does not allow per step in
+    ``on_train_start`` (the step-0 probe) and which would drop values between
+    ``log_every_n_steps``.
+
+    Args:
+        every_n_steps: probe every this many optimizer steps.
+        num_samples: samples of the probe batch.
+        log_images: draw and log the figures (the CSV and scalars are always logged).
+        image_every_n_steps: redraw the figures at most this often (default
+            ``10 * every_n_steps``).
+    """
+
+    dirname = "gradient_flow"
+
+    def __init__(
+        self,
+        every_n_steps: int = 100,
+        num_samples: int = 32,
+        log_images: bool = True,
+        image_every_n_steps: int | None = None,
+    ) -> None:
+        super().__init__(every_n_steps, log_images, image_every_n_steps)
+        self.num_samples = _check_int("num_samples", num_samples, 1)
+        self.history: list[tuple[int, Tensor]] = []
+        self._batch: tuple[Tensor, Tensor] | None = None
+        self._labels: list[str] = []
+        self._pending_table: list[list[Any]] = []  # CSV rows not yet logged as a W&B table
+
+    # -- probe batch -----------------------------------------------------------------------
+    def _take(self, batch: Any, pl_module: pl.LightningModule) -> tuple[Tensor, Tensor]:
+        if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+            raise ValueError(
+                f"GradientFlowMonitor needs batches (inputs, targets), got {type(batch).__name__}"
+            )
+        pair = tuple(t[: self.num_samples].detach().clone() for t in batch)
+        return move_data_to_device(pair, pl_module.device)
+
+    @staticmethod
+    def _first_val_batch(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
+        loaders = trainer.val_dataloaders
+        if loaders is None:
+            for owner in (trainer.datamodule, pl_module):
+                if owner is not None and is_overridden("val_dataloader", owner):
+                    loaders = owner.val_dataloader()
+                    break
+        if isinstance(loaders, dict):
+            loaders = next(iter(loaders.values()), None)
+        if isinstance(loaders, (list, tuple)):
+            loaders = loaders[0] if loaders else None
+        if loaders is None:
+            return None
+        # A new DataLoader iterator draws a seed from the global RNG: keep training's stream.
+        with torch.random.fork_rng(devices=[]):
+            return next(iter(loaders), None)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._batch = None
+        if trainer.is_global_zero:
+            batch = self._first_val_batch(trainer, pl_module)
+            if batch is not None:
+                self._batch = self._take(batch, pl_module)
+        super().on_train_start(trainer, pl_module)
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.is_global_zero and self._batch is None:  # no validation data: train batch
+            self._batch = self._take(batch, pl_module)
+            self._run(trainer, pl_module, trainer.global_step)
+
+    def _ready(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
+        return self._batch is not None
+
+    # -- probe -------------------------------------------------------------------------------
+    def _probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
+        loss_fn = getattr(pl_module, "loss", None)
+        if not callable(loss_fn):
+            raise TypeError(
+                f"GradientFlowMonitor needs pl_module.loss(output, target), "
+                f"{type(pl_module).__name__} has none"
+            )
+        with _probing(pl_module):
+            norms = hidden_grad_norms(pl_module, self._batch, loss_fn).cpu()  # (rows, T)
+            spectra = self._spectra(pl_module)
+        metrics = {f"probe/{k}": v for k, v in summarize(norms).items()}
+        bound = 1.0
+        self._labels = []
+        for prefix, layer, spec in spectra:
+            gates = GATE_NAMES[_CELL[layer.mode]]
+            for k, sigmas in enumerate(spec["sigma_max"].tolist()):
+                self._labels.append(f"{prefix}l{k}")
+                for gate, s in zip(gates, sigmas, strict=True):
+                    metrics[f"probe/sigma_max/{prefix}l{k}/{gate}"] = s
+            bound *= float(spec["lipschitz_bound"])
+        metrics["probe/lipschitz_bound"] = bound
+        self.history.append((step, norms))
+        self._log_metrics(trainer, metrics, step)
+        rows = [[step, k, t, v] for k, row in enumerate(norms.tolist()) for t, v in enumerate(row)]
+        self._append_csv(trainer, "grad_norms.csv", ["step", "layer", "t", "norm"], rows)
+        self._pending_table += rows
+
+    def _draw(self, step: int) -> dict[str, Figure]:
+        return {
+            "heatmap": plots.grad_norm_heatmap(self.history, labels=self._labels),
+            "curve": plots.grad_norm_curve(self.history[-1][1], step=step, labels=self._labels),
+        }
+
+    def _images(self, trainer: pl.Trainer, step: int) -> None:
+        super()._images(trainer, step)
+        for lg in trainer.loggers:
+            if _is_wandb(lg) and self._pending_table:
+                lg.log_table(key="probe/gradient_flow/grad_norms",
+                             columns=["step", "layer", "t", "norm"], data=self._pending_table,
+                             step=step)  # fmt: skip
+        self._pending_table = []
+
+    # -- checkpointing -----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": [(s, n.tolist()) for s, n in self.history]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = [(int(s), torch.tensor(n)) for s, n in state_dict.get("history", [])]
+
+
+class SpectrumMonitor(_Monitor):
+    """Record the singular values of every gate block of every ``weight_hh_l{k}``.
+
+    At step 0 and every ``every_n_steps`` optimizer steps it logs scalars
+    ``probe/sigma_min/l{k}/{gate}`` and ``probe/stable_rank/l{k}/{gate}``, appends every
+    singular value to ``spectrum/singular_values.csv`` (``step, layer, gate, index,
+    sigma``), and draws ``spectrum/spectrum.png`` (one line per recorded step in each
+    gate's panel; :func:`seqnorm.plots.spectrum_figure`) at most every
+    ``image_every_n_steps`` and at the end of training; with a ``WandbLogger`` the figure
+    is also logged as the image ``probe/spectrum/spectrum``.
+
+    Args:
+        every_n_steps: record every this many optimizer steps.
+        log_images: draw and log the figure.
+        image_every_n_steps: redraw the figure at most this often (default
+            ``10 * every_n_steps``).
+    """
+
+    dirname = "spectrum"
+
+    def __init__(
+        self,
+        every_n_steps: int = 100,
+        log_images: bool = True,
+        image_every_n_steps: int | None = None,
+    ) -> None:
+        super().__init__(every_n_steps, log_images, image_every_n_steps)
+        #: ``(step, [singular values (num_layers, gates, H) per seqnorm layer])``.
+        self.history: list[tuple[int, list[Tensor]]] = []
+        self._names: list[tuple[str, tuple[str, ...]]] = []
+
+    def _probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
+        with _probing(pl_module):
+            spectra = self._spectra(pl_module)
+        metrics: dict[str, float] = {}
+        rows = []
+        self._names = []
+        for prefix, layer, spec in spectra:
+            gates = GATE_NAMES[_CELL[layer.mode]]
+            self._names.append((prefix, gates))
+            s = spec["singular_values"]  # (L, G, H)
+            for k in range(s.shape[0]):
+                for g, gate in enumerate(gates):
+                    key = f"{prefix}l{k}/{gate}"
+                    metrics[f"probe/sigma_min/{key}"] = float(s[k, g, -1])
+                    metrics[f"probe/stable_rank/{key}"] = float(spec["stable_rank"][k, g])
+                    rows += [[step, f"{prefix}l{k}", gate, i, v] for i, v in
+                             enumerate(s[k, g].tolist())]  # fmt: skip
+        self.history.append((step, [spec["singular_values"] for _, _, spec in spectra]))
+        self._log_metrics(trainer, metrics, step)
+        header = ["step", "layer", "gate", "index", "sigma"]
+        self._append_csv(trainer, "singular_values.csv", header, rows)
+
+    def _draw(self, step: int) -> dict[str, Figure]:
+        figs = {}
+        for i, (prefix, gates) in enumerate(self._names):
+            name = "spectrum" if not prefix else f"spectrum_{prefix.strip('/').replace('.', '_')}"
+            hist = [(s, svs[i]) for s, svs in self.history if i < len(svs)]
+            figs[name] = plots.spectrum_figure(hist, gate_names=gates)
+        return figs
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": [(s, [v.tolist() for v in svs]) for s, svs in self.history]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = [
+            (int(s), [torch.tensor(v) for v in svs]) for s, svs in state_dict.get("history", [])
+        ]

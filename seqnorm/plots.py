@@ -1,0 +1,240 @@
+"""Matplotlib figures of the probes, shared by the callbacks and the experiment scripts.
+
+Figures are built with the object-oriented API on an Agg canvas (``Figure`` +
+``FigureCanvasAgg``), never through ``pyplot``: nothing here changes the global backend or
+leaves figures open in pyplot's registry, so the functions are safe in a training process,
+a headless server or a notebook. Every function returns a :class:`~matplotlib.figure.Figure`;
+:func:`save` writes it, :func:`to_rgb_array` renders it for an image logger.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from os import PathLike
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from .probes import log10_norms
+
+__all__ = ["grad_norm_curve", "grad_norm_heatmap", "save", "spectrum_figure", "to_rgb_array"]
+
+#: Most training-step rows a heatmap draws (evenly subsampled beyond that).
+MAX_HEATMAP_ROWS = 400
+
+ArrayLike = Tensor | np.ndarray
+
+
+def _figure(
+    nrows: int, ncols: int, width: float, height: float, colorbar: bool = False
+) -> tuple[Figure, np.ndarray]:
+    # Fixed margins (in inches, so they hold at any size) instead of a layout engine, which
+    # doubles the drawing time; drawing is what a monitor callback pays for.
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)  # attach an Agg canvas: draws and saves without pyplot
+    right = (1.1 if colorbar else 0.3) / width
+    fig.subplots_adjust(left=0.8 / width, right=1 - right, bottom=0.55 / height,
+                        top=1 - 0.35 / height, hspace=0.75 * nrows / height,
+                        wspace=0.7 * ncols / width)  # fmt: skip
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, axes
+
+
+def _edges(centers: np.ndarray) -> np.ndarray:
+    """Cell edges around sorted centers (half-way between neighbours; +-0.5 for one)."""
+    c = centers.astype(float)
+    if len(c) == 1:
+        return np.array([c[0] - 0.5, c[0] + 0.5])
+    mid = (c[1:] + c[:-1]) / 2
+    return np.concatenate([[2 * c[0] - mid[0]], mid, [2 * c[-1] - mid[-1]]])
+
+
+def _as_rows(norms: ArrayLike, what: str) -> Tensor:
+    t = torch.as_tensor(np.asarray(norms) if not isinstance(norms, Tensor) else norms)
+    if t.dim() == 1:
+        t = t.unsqueeze(0)
+    if t.dim() != 2 or t.shape[-1] < 1 or not t.is_floating_point():
+        raise ValueError(f"{what} must be float (T,) or (rows, T), got shape {tuple(t.shape)}")
+    return t.detach().cpu()
+
+
+def _labels(labels: Sequence[str] | None, n: int) -> list[str]:
+    if labels is None:
+        return [f"l{k}" for k in range(n)]
+    if len(labels) != n:
+        raise ValueError(f"labels must have one name per row ({n}), got {len(labels)}")
+    return list(labels)
+
+
+def grad_norm_heatmap(
+    history: Sequence[tuple[int, ArrayLike]],
+    labels: Sequence[str] | None = None,
+) -> Figure:
+    """Heatmap of ``log10 ||dL/dh[t]||``: time step ``t`` across, training step up.
+
+    Args:
+        history: ``(training step, norms)`` pairs, norms ``(T,)`` or ``(rows, T)`` as
+            :func:`seqnorm.probes.hidden_grad_norms` returns them, all the same shape; rows
+            are drawn in step order (the last pair wins for a repeated step).
+        labels: a name per row (default ``l0, l1, ...``); one panel per row.
+
+    >>> fig = grad_norm_heatmap([(0, torch.ones(20)), (100, torch.rand(20))])
+    >>> len(fig.axes)  # one panel and its colour bar
+    2
+    """
+    if not history:
+        raise ValueError("history must hold at least one (step, norms) pair, got none")
+    latest = {int(s): n for s, n in history}  # a step seen twice (a resumed run): the last
+    steps = np.array(sorted(latest))
+    curves = [_as_rows(latest[s], "norms in history") for s in steps]
+    shapes = sorted({tuple(c.shape) for c in curves})
+    if len(shapes) != 1:
+        raise ValueError(f"all norms in history must have the same shape, got {shapes}")
+    if len(steps) > MAX_HEATMAP_ROWS:
+        keep = np.unique(np.linspace(0, len(steps) - 1, MAX_HEATMAP_ROWS).round().astype(int))
+        steps, curves = steps[keep], [curves[i] for i in keep]
+    z = log10_norms(torch.stack(curves)).numpy()  # (steps, rows, T)
+    rows, T = z.shape[1:]
+    names = _labels(labels, rows)
+    fig, axes = _figure(rows, 1, 7.0, 1.0 + 2.4 * rows, colorbar=True)
+    finite = z[np.isfinite(z)]
+    vmin, vmax = (finite.min(), finite.max()) if finite.size else (None, None)
+    t_edges, step_edges = _edges(np.arange(T)), _edges(steps)
+    for k, ax in enumerate(axes[:, 0]):
+        mesh = ax.pcolormesh(t_edges, step_edges, z[:, k], shading="flat", cmap="viridis",
+                             vmin=vmin, vmax=vmax, rasterized=True)  # fmt: skip
+        ax.set_ylabel("training step")
+        ax.set_title(f"{names[k]}: log10 ||dL/dh[t]||", fontsize="medium")
+        if k == rows - 1:
+            ax.set_xlabel("time step t")
+    fig.colorbar(mesh, ax=axes[:, 0].tolist(), label="log10 ||dL/dh[t]||", fraction=0.04)
+    return fig
+
+
+def grad_norm_curve(
+    norms: ArrayLike,
+    step: int | None = None,
+    labels: Sequence[str] | None = None,
+) -> Figure:
+    """``log10 ||dL/dh[t]||`` against time step ``t``, one line per row (layer).
+
+    Args:
+        norms: ``(T,)`` or ``(rows, T)``.
+        step: training step, shown in the title.
+        labels: a name per row (default ``l0, l1, ...``).
+
+    >>> grad_norm_curve(torch.rand(2, 30), step=5).axes[0].get_title()
+    'gradient norm per time step (training step 5)'
+    """
+    z = log10_norms(_as_rows(norms, "norms")).numpy()  # (rows, T)
+    names = _labels(labels, z.shape[0])
+    fig, axes = _figure(1, 1, 6.0, 3.5)
+    ax = axes[0, 0]
+    for k in range(z.shape[0]):
+        ax.plot(np.arange(z.shape[1]), z[k], label=names[k], lw=1.5)
+    ax.set_xlabel("time step t")
+    ax.set_ylabel("log10 ||dL/dh[t]||")
+    title = "gradient norm per time step"
+    ax.set_title(title if step is None else f"{title} (training step {step})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return fig
+
+
+def spectrum_figure(
+    history: Sequence[tuple[int, ArrayLike]],
+    gate_names: Sequence[str] | None = None,
+) -> Figure:
+    """Singular-value spectrum of every gate block, one line per recorded training step.
+
+    One panel per (stacked layer, gate); in each, ``sigma_i`` against its index ``i``
+    (descending), coloured from early (dark) to late (yellow) training steps.
+
+    Args:
+        history: ``(training step, singular values (num_layers, gates, H))`` pairs, as
+            ``weight_spectrum(layer)["singular_values"]``.
+        gate_names: a name per gate (default ``g0, g1, ...``).
+
+    >>> fig = spectrum_figure([(0, torch.rand(1, 3, 8)), (10, torch.rand(1, 3, 8))])
+    >>> len(fig.axes)  # three gate panels and the colour bar
+    4
+    """
+    if not history:
+        raise ValueError("history must hold at least one (step, singular values), got none")
+    steps = [int(s) for s, _ in history]
+    svs = [torch.as_tensor(np.asarray(s) if not isinstance(s, Tensor) else s) for _, s in history]
+    shapes = {tuple(s.shape) for s in svs}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 3:
+        raise ValueError(
+            f"singular values must all have one shape (num_layers, gates, H), got {sorted(shapes)}"
+        )
+    L, G, H = next(iter(shapes))
+    gates = list(gate_names) if gate_names is not None else [f"g{g}" for g in range(G)]
+    if len(gates) != G:
+        raise ValueError(f"gate_names must have {G} names, got {len(gates)}")
+    fig, axes = _figure(L, G, 2.8 * G + 1.2, 2.6 * L + 0.4, colorbar=True)
+    lo, hi = min(steps), max(steps)
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    norm = Normalize(lo, hi if hi > lo else lo + 1)
+    cmap = colormaps["viridis"]
+    idx = np.arange(1, H + 1)
+    for step, s in zip(steps, svs, strict=True):
+        s = s.detach().cpu().double().numpy()
+        for k in range(L):
+            for g in range(G):
+                axes[k, g].plot(idx, s[k, g], color=cmap(norm(step)), lw=1.0)
+    for k in range(L):
+        for g in range(G):
+            ax = axes[k, g]
+            ax.set_title(f"l{k}/{gates[g]}", fontsize="medium")
+            ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+            ax.grid(alpha=0.3)
+            if k == L - 1:
+                ax.set_xlabel("index i")
+            if g == 0:
+                ax.set_ylabel("sigma_i")
+    fig.colorbar(
+        ScalarMappable(norm, cmap), ax=axes.ravel().tolist(), label="training step", fraction=0.03
+    )
+    return fig
+
+
+def save(fig: Figure, path: str | PathLike[str], dpi: int = 100) -> Path:
+    """Write ``fig`` to ``path`` (format from the suffix; parent folders are created).
+
+    Args:
+        fig: the figure.
+        path: destination, e.g. ``runs/x/gradient_flow/heatmap.png``.
+        dpi: resolution of raster formats.
+
+    Returns:
+        The path written.
+    """
+    if not isinstance(fig, Figure):
+        raise TypeError(f"fig must be a matplotlib Figure, got {type(fig).__name__}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    return path
+
+
+def to_rgb_array(fig: Figure, dpi: int = 100) -> np.ndarray:
+    """Render ``fig`` to an ``(height, width, 3)`` ``uint8`` array (for image loggers).
+
+    Args:
+        fig: the figure.
+        dpi: resolution.
+    """
+    if not isinstance(fig, Figure):
+        raise TypeError(f"fig must be a matplotlib Figure, got {type(fig).__name__}")
+    fig.set_dpi(dpi)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()

@@ -1,0 +1,242 @@
+"""Callbacks: files and metrics with a CSV logger, images/tables with a W&B-like logger, and
+training that is bit-for-bit the same with and without the monitors."""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.loggers.logger import Logger
+from torch.utils.data import DataLoader, TensorDataset
+
+from seqnorm.callbacks import GradientFlowMonitor, SpectrumMonitor
+from seqnorm.data import CopyMemoryDataModule
+from seqnorm.model import SeqModel
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tensors here are tiny: intra-op threads only add overhead (and stall on a busy box)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _model_and_data(**model_kw: Any) -> tuple[SeqModel, CopyMemoryDataModule]:
+    dm = CopyMemoryDataModule(seq_len=5, batch_size=8, num_train=48, num_val=16, seed=3)
+    kw = {"cell": "gru", "hidden_size": 8, "log_sigma_every_n_steps": 0, **model_kw}
+    return SeqModel.from_datamodule(dm, **kw), dm
+
+
+def _trainer(root: Path, callbacks: list, logger: Any, max_steps: int = 4, **kw: Any) -> pl.Trainer:
+    return pl.Trainer(
+        max_steps=max_steps,
+        logger=logger,
+        callbacks=callbacks,
+        default_root_dir=root,
+        accelerator="cpu",
+        devices=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        **{
+            "limit_val_batches": 1,
+            "val_check_interval": 2,
+            "check_val_every_n_epoch": None,
+            "log_every_n_steps": 1,
+            **kw,
+        },
+    )
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_csv_logger_gets_files_and_metrics(tmp_path: Path) -> None:
+    model, dm = _model_and_data(num_layers=2)
+    flow = GradientFlowMonitor(every_n_steps=2, num_samples=4)
+    spec = SpectrumMonitor(every_n_steps=2)
+    trainer = _trainer(tmp_path, [flow, spec], CSVLogger(tmp_path, name="run"))
+    trainer.fit(model, dm)
+    out = Path(trainer.logger.log_dir)
+    for name in ("heatmap.png", "curve.png", "grad_norms.csv"):
+        assert (out / "gradient_flow" / name).stat().st_size > 0, name
+    assert (out / "spectrum" / "spectrum.png").stat().st_size > 0
+    rows = _read_csv(out / "gradient_flow" / "grad_norms.csv")
+    T = dm.seq_len
+    assert len(rows) == 3 * 2 * T  # steps 0, 2, 4 x two layers x T
+    assert {int(r["step"]) for r in rows} == {0, 2, 4}
+    assert all(float(r["norm"]) > 0 for r in rows)
+    assert [s for s, _ in flow.history] == [0, 2, 4] and flow.history[0][1].shape == (2, T)
+    sv = _read_csv(out / "spectrum" / "singular_values.csv")
+    assert len(sv) == 3 * 2 * 3 * 8  # steps x layers x gates x H
+    metrics = _read_csv(out / "metrics.csv")
+    probe = {int(r["step"]): r for r in metrics if r.get("probe/decay_rate")}
+    assert sorted(probe) == [0, 2, 4]
+    for key in ("probe/decay_rate", "probe/grad_ratio", "probe/decay_rate/l0",
+                "probe/lipschitz_bound", "probe/sigma_max/l1/z"):  # fmt: skip
+        assert math.isfinite(float(probe[4][key])), key
+    # the constraint holds: every gate's sigma_max is 1
+    assert float(probe[4]["probe/sigma_max/l0/n"]) == pytest.approx(1.0, abs=1e-3)
+    assert any(r.get("probe/stable_rank/l0/r") for r in metrics)
+
+
+class WandbLogger(Logger):
+    """A stand-in with the W&B logger's name and image/table methods; records calls."""
+
+    def __init__(self, save_dir: Path) -> None:
+        super().__init__()
+        self._save_dir = str(save_dir)
+        self.metrics: list[tuple[int | None, dict]] = []
+        self.images: list[tuple[str, list, int | None]] = []
+        self.tables: list[tuple[str, list, list, int | None]] = []
+
+    name = "fake"
+    version = "0"
+
+    @property
+    def save_dir(self) -> str:
+        return self._save_dir
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        self.metrics.append((step, dict(metrics)))
+
+    def log_image(self, key: str, images: list, step: int | None = None, **kw: Any) -> None:
+        self.images.append((key, images, step))
+
+    def log_table(self, key: str, columns: list, data: list, step: int | None = None) -> None:
+        self.tables.append((key, columns, data, step))
+
+
+def test_wandb_like_logger_gets_images_and_table(tmp_path: Path) -> None:
+    model, dm = _model_and_data()
+    logger = WandbLogger(tmp_path / "wb")
+    cb = GradientFlowMonitor(every_n_steps=2, num_samples=4, image_every_n_steps=4)
+    _trainer(tmp_path, [cb], logger, max_steps=6, num_sanity_val_steps=0).fit(model, dm)
+    keys = [(k, s) for k, _, s in logger.images]
+    # drawn at step 0, at step 4 (image_every_n_steps) and at the end (step 6)
+    assert keys == [
+        (f"probe/gradient_flow/{n}", s) for s in (0, 4, 6) for n in ("heatmap", "curve")
+    ]
+    for _, images, _ in logger.images:
+        (img,) = images
+        assert isinstance(img, np.ndarray) and img.dtype == np.uint8 and img.shape[-1] == 3
+    assert [(k, c, s) for k, c, _, s in logger.tables] == [
+        ("probe/gradient_flow/grad_norms", ["step", "layer", "t", "norm"], s) for s in (0, 4, 6)
+    ]
+    T = dm.seq_len
+    assert [len(d) for _, _, d, _ in logger.tables] == [T, 2 * T, T]  # rows since last table
+    probe_steps = [s for s, m in logger.metrics if "probe/decay_rate" in m]
+    assert probe_steps == [0, 2, 4, 6]
+    # PNGs are written as well, under the logger's save_dir
+    assert (tmp_path / "wb" / "gradient_flow" / "heatmap.png").is_file()
+    assert (tmp_path / "wb" / "gradient_flow" / "curve.png").is_file()
+
+
+def test_probes_do_not_change_training(tmp_path: Path) -> None:
+    def run(callbacks: list, sub: str) -> dict[str, torch.Tensor]:
+        pl.seed_everything(7)
+        # dropout between the stacked layers draws from the RNG; the constraint's
+        # power-iteration vectors are buffers updated by every training forward
+        model, dm = _model_and_data(num_layers=2, dropout=0.3, constraint="spectral")
+        _trainer(tmp_path / sub, callbacks, False, max_steps=6).fit(model, dm)
+        return {k: v.clone() for k, v in model.state_dict().items()}
+
+    plain = run([], "plain")
+    flow = GradientFlowMonitor(every_n_steps=1, num_samples=4, image_every_n_steps=1000)
+    probed = run([flow, SpectrumMonitor(every_n_steps=2, log_images=False)], "probed")
+    assert len(flow.history) == 7  # steps 0..6: the probe did run
+    assert plain.keys() == probed.keys()
+    for key in plain:
+        assert torch.equal(plain[key], probed[key]), key
+
+
+def test_train_batch_fallback_without_validation(tmp_path: Path) -> None:
+    pl.seed_everything(0)
+    model, _ = _model_and_data()
+    x = torch.randint(0, 10, (16, 9))
+    loader = DataLoader(TensorDataset(x, x.remainder(9)), batch_size=8)
+    flow = GradientFlowMonitor(every_n_steps=2, num_samples=3, log_images=False)
+    trainer = _trainer(tmp_path, [flow], CSVLogger(tmp_path), limit_val_batches=0)
+    trainer.fit(model, loader)
+    assert [s for s, _ in flow.history] == [0, 2, 4]
+    assert flow._batch[0].shape == (3, 9)
+    out = Path(trainer.logger.log_dir) / "gradient_flow"
+    assert (out / "grad_norms.csv").is_file()
+    assert not (out / "heatmap.png").exists()  # log_images=False: no figures
+
+
+def test_model_without_loss_raises(tmp_path: Path) -> None:
+    class NoLoss(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = SeqModel(cell="rnn", hidden_size=4, input_dim=2).rnn
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.rnn(x)[0]
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            return self(batch[0]).sum()
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    loader = DataLoader(TensorDataset(torch.randn(4, 5, 2), torch.zeros(4)), batch_size=2)
+    trainer = _trainer(tmp_path, [GradientFlowMonitor()], False, limit_val_batches=0)
+    with pytest.raises(TypeError, match="pl_module.loss"):
+        trainer.fit(NoLoss(), loader)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"every_n_steps": 0}, "every_n_steps must be an int >= 1, got 0"),
+        ({"num_samples": 0}, "num_samples must be an int >= 1"),
+        ({"image_every_n_steps": -1}, "image_every_n_steps must be an int >= 1"),
+    ],
+)
+def test_bad_arguments(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        GradientFlowMonitor(**kwargs)
+
+
+def test_spectrum_monitor_bad_argument() -> None:
+    with pytest.raises(ValueError, match="every_n_steps"):
+        SpectrumMonitor(every_n_steps=1.5)
+
+
+@pytest.mark.slow
+def test_real_wandb_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    wandb = pytest.importorskip("wandb")
+    from pytorch_lightning.loggers import WandbLogger as RealWandbLogger
+
+    model, dm = _model_and_data()
+    logger = RealWandbLogger(offline=True, save_dir=str(tmp_path), project="test")
+    try:
+        _trainer(tmp_path, [GradientFlowMonitor(every_n_steps=2, num_samples=4)], logger).fit(
+            model, dm
+        )
+    finally:
+        wandb.finish()
+    (run,) = (tmp_path / "wandb").glob("offline-run-*")
+    media = run / "files" / "media"
+    assert list((media / "images" / "probe" / "gradient_flow").glob("heatmap_*.png"))
+    assert list((media / "images" / "probe" / "gradient_flow").glob("curve_*.png"))
+    assert list((media / "table" / "probe" / "gradient_flow").glob("grad_norms_*.table.json"))
+    assert (tmp_path / "gradient_flow" / "heatmap.png").is_file()
