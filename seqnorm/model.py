@@ -316,10 +316,13 @@ class SeqModel(pl.LightningModule):
             self.log("train/spectral_penalty", pen.detach(), on_step=True, on_epoch=False)
             loss = loss + self.spectral_penalty * pen
         n = self.log_sigma_every_n_steps
-        if n and self.global_step % n == 0:
+        if n and self.global_step % n == 0 and self.trainer.is_global_zero:
+            # Straight to the loggers at this step: self.log would hold the value until the
+            # next log_every_n_steps flush and write it there, under the wrong step.
             with torch.no_grad():
-                for key, val in self.sigma_max().items():
-                    self.log(f"sigma_max/{key}", val, on_step=True, on_epoch=False)
+                metrics = {f"sigma_max/{k}": float(v) for k, v in self.sigma_max().items()}
+            for lg in self.loggers:
+                lg.log_metrics(metrics, step=self.global_step)
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:

@@ -92,14 +92,32 @@ def test_metrics_logged_with_namespaces():
         "train/baseline",
         "val/loss",
         "val/acc",
-        "sigma_max/l0/r",
-        "sigma_max/l0/z",
-        "sigma_max/l0/n",
     ):
         assert key in keys, key
     assert trainer.callback_metrics["train/baseline"].item() == pytest.approx(dm.baseline)
     (res,) = trainer.test(model, dm, verbose=False)
     assert {"test/loss", "test/acc"} <= set(res)
+
+
+def test_sigma_max_logged_at_its_own_steps(tmp_path):
+    """sigma_max/* rows sit at exactly the steps they were measured, with their values."""
+    import csv
+
+    dm = CopyMemoryDataModule(seq_len=3, batch_size=8, num_train=64, num_val=16, num_test=16)
+    model = SeqModel.from_datamodule(dm, hidden_size=8, log_sigma_every_n_steps=3)
+    seen = {}
+
+    class Spy(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen[trainer.global_step] = pl_module.sigma_max()["l0/z"].item()
+
+    logger = pl.loggers.CSVLogger(tmp_path, name="logs")
+    trainer = _trainer(max_steps=7, logger=logger, log_every_n_steps=5, callbacks=[Spy()])
+    trainer.fit(model, dm)
+    rows = [r for r in csv.DictReader(open(logger.log_dir + "/metrics.csv")) if r["sigma_max/l0/z"]]
+    assert [int(r["step"]) for r in rows] == [0, 3, 6]
+    for r in rows:
+        assert float(r["sigma_max/l0/z"]) == pytest.approx(seen[int(r["step"])], rel=1e-6)
 
 
 def test_learns_adding_well_below_baseline():
