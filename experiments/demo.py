@@ -29,6 +29,10 @@ def run_config(constraint: str, out: Path, steps: int, seq_len: int) -> Path:
     trainer = cfg["trainer"]
     trainer.update(max_steps=steps, val_check_interval=steps // 3, default_root_dir=str(out))
     trainer["logger"]["init_args"].update(save_dir=str(out), name=f"demo-copy-{constraint}")
+    # A CSV logger beside the W&B one, so that this script can print the outcome.
+    csv_logger = {"class_path": "pytorch_lightning.loggers.CSVLogger",
+                  "init_args": {"save_dir": str(out), "name": "csv"}}  # fmt: skip
+    trainer["logger"] = [trainer["logger"], csv_logger]
     for cb in trainer["callbacks"]:
         if cb["class_path"].endswith("ModelCheckpoint"):
             cb["init_args"].update(dirpath=str(out / "checkpoints"), every_n_train_steps=steps // 3)
@@ -40,6 +44,23 @@ def run_config(constraint: str, out: Path, steps: int, seq_len: int) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
+
+
+def outcome(out: Path) -> str:
+    """Last validation loss and symbol accuracy against the baseline, and the decay rate."""
+    import csv
+
+    (path,) = sorted((out / "csv").glob("version_*/metrics.csv"))[-1:]
+    last: dict[str, str] = {}
+    for row in csv.DictReader(path.open()):
+        last.update({k: v for k, v in row.items() if v})
+    base = float(last["train/baseline"])
+    return (
+        f"val loss {float(last['val/loss']):.4f} (memoryless baseline {base:.4f}, "
+        f"ratio {float(last['val/loss']) / base:.2f}), symbol accuracy "
+        f"{100 * float(last['val/symbol_acc']):.1f}% (chance 12.5%), gradient decay "
+        f"{float(last['probe/decay_rate']):+.2f} log10 per 100 steps"
+    )
 
 
 def side_by_side(images: dict[str, Path], dest: Path) -> None:
@@ -75,7 +96,7 @@ def main() -> None:
         cmd = [sys.executable, "-m", "seqnorm.cli", "fit", "--config", str(cfg),
                "--trainer.enable_progress_bar", "false"]  # fmt: skip
         subprocess.run(cmd, env=env, check=True)
-        print(f"   done in {time.time() - t0:.0f} s", flush=True)
+        print(f"   done in {time.time() - t0:.0f} s: {outcome(out)}", flush=True)
         heatmaps[constraint] = out / "gradient_flow" / "heatmap.png"
     dest = args.out / "gradient_flow.png"
     side_by_side(heatmaps, dest)
