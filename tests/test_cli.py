@@ -1,5 +1,6 @@
 """The console script end to end: every config fits, resume, validate/test, clear errors."""
 
+import json
 import os
 import subprocess
 import sys
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import MNIST_DIR
+from wandb_offline import read_offline_run
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -73,6 +75,15 @@ def test_every_config_fits(config, tmp_path):
     assert ckpts, f"no checkpoint written for {config.name}"
     state = torch.load(ckpts[0], map_location="cpu", weights_only=False)
     assert state["global_step"] == 3
+    # The config's offline W&B run: probe scalars and images in its history, the whole CLI
+    # configuration in its config.
+    run = read_offline_run(tmp_path / "runs" / config.stem)
+    for key in ("probe/decay_rate", "probe/grad_ratio", "probe/sigma_max/l0/z",
+                "probe/gradient_flow/heatmap/_type", "probe/spectrum/spectrum/_type"):  # fmt: skip
+        assert key in run["history_keys"], key
+    cli_config = json.loads(run["config"]["config"])
+    assert cli_config["trainer"]["max_steps"] == 3 and cli_config["model"]["hidden_size"] == 8
+    assert list(run["run_dir"].glob("files/media/images/probe/gradient_flow/heatmap_*.png"))
 
 
 @pytest.mark.slow
@@ -87,6 +98,13 @@ def test_resume_validate_test_and_second_run(tmp_path):
     out = seqnorm("test", *args, "--ckpt_path", str(last), cwd=tmp_path)
     assert "test/loss" in out.stdout
     seqnorm("validate", *args, "--ckpt_path", str(last), cwd=tmp_path)
+    # A second, fresh run into the same directory (config file, logs, checkpoints exist).
+    # Lightning keeps the old last.ckpt and versions the new one (last-v1.ckpt); `--ckpt_path
+    # last` picks the newest.
+    seqnorm("fit", *args, "--trainer.max_steps", "2", cwd=tmp_path)
+    newest = max(last.parent.glob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
+    assert newest != last and torch.load(newest, weights_only=False)["global_step"] == 2
+    assert torch.load(last, weights_only=False)["global_step"] == 6  # nothing lost
 
 
 def test_print_config_and_overrides(tmp_path):

@@ -166,10 +166,27 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert "train/loss_step" in metrics
 
 
-def test_gradient_clipping_from_trainer():
+@pytest.mark.parametrize("clip", [None, 1e-3])
+def test_gradient_clipping_from_trainer(clip):
+    """trainer.gradient_clip_val bounds the gradient norm the optimizer steps with."""
+    norms = []
+
+    class Recording(torch.optim.SGD):
+        def step(self, closure=None):
+            loss = closure() if closure is not None else None  # forward, backward, clipping
+            grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+            norms.append(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item())
+            super().step()
+            return loss
+
     dm = AddingDataModule(seq_len=5, batch_size=4, num_train=16, num_val=4)
-    model = SeqModel.from_datamodule(dm, hidden_size=8)
-    _fit(model, dm, max_steps=3, gradient_clip_val=0.5, limit_val_batches=0)
+    model = SeqModel.from_datamodule(dm, hidden_size=8, optimizer=lambda p: Recording(p, lr=0.1))
+    _fit(model, dm, max_steps=3, gradient_clip_val=clip, limit_val_batches=0)
+    assert len(norms) == 3
+    if clip is None:
+        assert min(norms) > 1e-2  # so the clipped run below has something to clip
+    else:
+        assert max(norms) <= clip * (1 + 1e-4)
 
 
 @pytest.mark.parametrize("precision", ["64-true", "bf16-mixed"])
