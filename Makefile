@@ -4,14 +4,14 @@
 #   make test   the test suite
 #
 # torch is installed first and on its own: a plain `torch` requirement with no torch present
-# pulls a multi-GB CUDA build. TORCH_SPEC picks the wheel; on a machine with the CPU wheel on
-# disk (this project's CI) torch==2.13.0 takes it; elsewhere e.g.
-#   make setup TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cpu"
-# or, with a GPU, TORCH_SPEC=torch.
+# pulls a multi-GB CUDA build. TORCH_SPEC picks the wheel. The default is the CPU build of the
+# release the project is tested with: PyTorch's CPU index is added, and its `+cpu` wheel wins
+# over PyPI's CUDA one (a local wheel of it, as on this project's CI machines, works offline).
+# With a GPU:  make setup TORCH_SPEC=torch    (PyPI's CUDA build, any release >= 2.2)
 
 PYTHON ?= python3
 VENV ?= .venv
-TORCH_SPEC ?= torch==2.13.0
+TORCH_SPEC ?= torch==2.13.0 --extra-index-url https://download.pytorch.org/whl/cpu
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.seqnorm-installed
 
