@@ -572,12 +572,10 @@ def render(rows: list[dict[str, Any]], out: Path, runs_csv: Path, log: Path | No
         "samples, at initialisation and at the end; *grad ratio* ||dL/dh_0|| / "
         "||dL/dh_T-1|| at the end. Mean ± std over seeds. † on >= 10% of the steps of at least "
         "one run the curve sits at the probe's floor, log10 = -37.9 (float32's smallest "
-        "normal number): the norm underflowed. With `seqnorm.probes` as of these runs this "
-        "happens once ||dL/dh_t|| falls below ~1e-19, because the norm of a float32 gradient "
-        "is taken in float32 (its squares flush to zero); the curves then drop off a cliff. "
-        "The decay rate, a median slope over the whole curve, then reads too flat (0 when most "
-        "of the curve is at the floor) and the grad ratio sits at the floor; the true decay "
-        "is steeper. "
+        "normal number): the float32 gradient itself underflowed there (the probe takes the "
+        "norm in float64, so only a gradient below float32's range reads as the floor). The "
+        "decay rate, a median slope over the whole curve, then reads too flat and the grad "
+        "ratio sits at the floor; the true decay is steeper. "
         "*resumed*: stopped and resumed from its last checkpoint (exact resume); its fit time "
         "counts the last attempt only.",
         "",

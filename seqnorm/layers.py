@@ -175,6 +175,17 @@ class _SpectralRNNBase(nn.Module):
         )
         return [getattr(self, n.format(k)) for k in range(self.num_layers) for n in names]
 
+    def flatten_parameters(self) -> None:
+        """No-op, so code written for ``torch.nn.RNN/GRU/LSTM`` (which compacts weights for
+        cuDNN here) runs unchanged: the constrained weights are recomputed every call."""
+
+    @property
+    def all_weights(self) -> list[list[Tensor]]:
+        """Per layer ``[weight_ih, weight_hh, bias_ih, bias_hh]`` as ``torch.nn.RNN`` lists
+        them; ``weight_hh`` is the constrained matrix."""
+        w, per = self._weights(), 4 if self.bias else 2
+        return [w[k * per : (k + 1) * per] for k in range(self.num_layers)]
+
     # -- input checking -----------------------------------------------------------------
     def _check_input(self, x: Tensor, hx: State | None) -> tuple[Tensor, State, bool]:
         """Return time-major batched input (T, B, I), initial state, and whether batched."""

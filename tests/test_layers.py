@@ -88,6 +88,19 @@ def test_fused_equals_unrolled(ours, theirs, kw, kind):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize(("ours", "theirs", "kw"), PAIRS, ids=IDS)
+def test_torch_layer_helpers(ours, theirs, kw, bias):
+    """Code written for torch's layer runs: flatten_parameters() and all_weights."""
+    a = ours(3, 5, num_layers=2, bias=bias, constraint="orthogonal", **kw)
+    b = theirs(3, 5, num_layers=2, bias=bias, **kw)
+    a.flatten_parameters()
+    assert [[w.shape for w in layer] for layer in a.all_weights] == [
+        [w.shape for w in layer] for layer in b.all_weights
+    ]
+    torch.testing.assert_close(a.all_weights[1][1], a.weight_hh_l1)  # the constrained matrix
+
+
 def test_unrolled_records_every_hidden_state():
     layer = SpectralGRU(2, 5, num_layers=2)
     layer._state_recorder = []
