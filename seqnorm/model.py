@@ -193,12 +193,23 @@ class SeqModel(pl.LightningModule):
         return F.mse_loss(output, target.to(output.dtype))
 
     def sigma_max(self) -> dict[str, Tensor]:
-        """Exact largest singular value of every gate block of every ``weight_hh_l{k}``."""
+        """Exact largest singular value of every gate block of every ``weight_hh_l{k}``.
+
+        Reading the weights here does not advance the constraints' power iteration (in
+        training mode a read would): logging or a penalty must not change the training
+        trajectory, nor the buffers of one DDP rank only.
+        """
         out = {}
         H = self.rnn.hidden_size
-        for k in range(self.rnn.num_layers):
-            W = getattr(self.rnn, f"weight_hh_l{k}")
-            Wb = as_blocks(W, W.shape[0] // H).to(compute_dtype(W.dtype))
+        modes = [(m, m.training) for m in self.rnn.modules()]
+        try:
+            self.rnn.eval()
+            weights = [getattr(self.rnn, f"weight_hh_l{k}") for k in range(self.rnn.num_layers)]
+        finally:
+            for m, mode in modes:
+                m.training = mode
+        for k, W in enumerate(weights):
+            Wb = as_blocks(W, W.shape[0] // H).to(compute_dtype(W.dtype))  # (gates, H, H)
             s = torch.linalg.matrix_norm(Wb, ord=2)  # (gates,)
             for name, val in zip(GATE_NAMES[self.cell], s, strict=True):
                 out[f"l{k}/{name}"] = val

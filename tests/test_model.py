@@ -99,6 +99,18 @@ def test_metrics_logged_with_namespaces():
     assert {"test/loss", "test/acc"} <= set(res)
 
 
+def test_sigma_max_does_not_advance_power_iteration():
+    model = SeqModel(cell="gru", hidden_size=6, input_dim=2, constraint="spectral").train()
+    with torch.no_grad():
+        model.rnn.parametrizations.weight_hh_l0.original.mul_(3.0)  # u, v now out of date
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.sigma_max()
+    model.penalty()
+    assert model.training and model.rnn.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
 def test_sigma_max_logged_at_its_own_steps(tmp_path):
     """sigma_max/* rows sit at exactly the steps they were measured, with their values."""
     import csv

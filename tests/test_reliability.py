@@ -204,6 +204,7 @@ def test_precision_runs_and_constraint_holds(precision):
 
 DDP_SCRIPT = textwrap.dedent("""
     import sys, torch, pytorch_lightning as pl
+    from seqnorm.callbacks import GradientFlowMonitor
     from seqnorm.data import CopyMemoryDataModule
     from seqnorm.model import SeqModel
     out = sys.argv[1]
@@ -215,11 +216,14 @@ DDP_SCRIPT = textwrap.dedent("""
 
     pl.seed_everything(3)
     dm = CopyMemoryDataModule(seq_len=4, batch_size=4, num_train=32, num_val=8)
-    model = SeqModel.from_datamodule(dm, hidden_size=8, constraint="spectral")
+    model = SeqModel.from_datamodule(dm, hidden_size=8, constraint="spectral",
+                                     log_sigma_every_n_steps=1)
+    logger = pl.loggers.CSVLogger(out, name="logs")
+    monitor = GradientFlowMonitor(every_n_steps=2, num_samples=2, log_images=False)
     trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp_fork", max_steps=4,
-                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         limit_val_batches=0, enable_model_summary=False,
-                         callbacks=[SaveEveryRank()])
+                         logger=logger, enable_checkpointing=False, enable_progress_bar=False,
+                         limit_val_batches=0, enable_model_summary=False, log_every_n_steps=1,
+                         callbacks=[SaveEveryRank(), monitor])
     trainer.fit(model, dm)
 """)
 
@@ -237,6 +241,14 @@ def test_ddp_fork_two_processes_agree(tmp_path):
     assert any("_u" in k for k in r0)
     for k in r0:  # weights, optimiser-updated params and power-iteration buffers
         assert torch.equal(r0[k], r1[k]), k
+    # Logging happened once (rank 0): one log version, each step's values written once.
+    (metrics,) = (tmp_path / "logs").glob("version_*/metrics.csv")
+    rows = list(csv.DictReader(metrics.open()))
+    for key, steps in (("sigma_max/l0/z", [0, 1, 2, 3]), ("probe/decay_rate", [0, 2, 4])):
+        assert [int(r["step"]) for r in rows if r[key]] == steps, key
+    (norms,) = (tmp_path / "logs").glob("version_*/gradient_flow/grad_norms.csv")
+    keys = [(r["step"], r["t"]) for r in csv.DictReader(norms.open())]
+    assert len(keys) == len(set(keys)) == 3 * 24  # 3 probes x T=24 steps, no duplicates
 
 
 def test_corrupt_and_mismatched_checkpoints_give_one_line_errors(tmp_path):
