@@ -174,3 +174,17 @@ def test_tbptt_trains_and_truncates(make_dm):
 def test_tbptt_option_checked():
     with pytest.raises(ValueError, match="tbptt_steps must be None or an int >= 1, got 0"):
         SeqModel(tbptt_steps=0)
+
+
+@pytest.mark.parametrize("tbptt_steps", [None, 500])
+def test_ten_thousand_steps_train(tbptt_steps):
+    """T = 10,000 trains (full and truncated BPTT); the figures at B=32, H=128 are in
+    experiments/results/long_sequences.md."""
+    dm = AddingDataModule(seq_len=10_000, batch_size=2, num_train=4, num_val=2)
+    model = SeqModel.from_datamodule(dm, hidden_size=8, tbptt_steps=tbptt_steps)
+    before = model.rnn.parametrizations.weight_hh_l0.original.detach().clone()
+    trainer = _trainer(max_steps=2, limit_val_batches=1)
+    trainer.fit(model, dm)
+    assert trainer.global_step == 2
+    assert torch.isfinite(trainer.callback_metrics["val/loss"])
+    assert not torch.equal(model.rnn.parametrizations.weight_hh_l0.original, before)
