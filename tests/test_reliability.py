@@ -56,6 +56,9 @@ def _config(tmp: Path, every: int, extra_callbacks=()) -> Path:
         *extra_callbacks,
     ]  # fmt: skip
     cfg["model"].update(hidden_size=8, log_sigma_every_n_steps=1)
+    # A scheduler that halves the lr every epoch: its state must survive a resume too.
+    cfg["model"]["lr_scheduler"] = {"class_path": "torch.optim.lr_scheduler.StepLR",
+                                    "init_args": {"step_size": 1, "gamma": 0.5}}  # fmt: skip
     # 24 samples / batch 4 = 6 batches per epoch: the kill lands mid-epoch 2.
     cfg["data"]["init_args"].update(seq_len=4, batch_size=4, num_train=24, num_val=8)
     path = tmp / "cfg.yaml"
@@ -100,6 +103,8 @@ def test_killed_run_resumes_exactly(tmp_path):
                       cb["optimizer_states"][0]["state"].values(), strict=True):  # fmt: skip
         for k in sa:
             torch.testing.assert_close(sb[k], sa[k], rtol=1e-6, atol=1e-7)
+    (sched_a,), (sched_b,) = ca["lr_schedulers"], cb["lr_schedulers"]
+    assert sched_a == sched_b and sched_a["last_epoch"] == 2  # 16 steps = 2 epochs + 4
     la, lb = _train_losses(a), _train_losses(b)
     for step in range(8, 16):  # the steps trained after the resume
         assert lb[step] == pytest.approx(la[step], rel=1e-5), step
