@@ -102,7 +102,12 @@ def test_tiny_grid_resumes_and_reports(tmp_path, capsys):
 
     # the report renders the table, the figures and the published anchors
     res = tmp_path / "results"
-    assert report.main(["--runs", str(out), "--out-dir", str(res)]) == 0
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n<!-- results:start -->\nold\n<!-- results:end -->\n\nafter\n")
+    assert report.main(["--runs", str(out), "--out-dir", str(res), "--readme", str(readme)]) == 0
+    md = readme.read_text()
+    assert "old" not in md and md.endswith("<!-- results:end -->\n\nafter\n")
+    assert "| layer | constraint | copy: test symbol acc % |" in md and "| gru | spectral |" in md
     text = (res / "RESULTS.md").read_text()
     assert "| gru | none | 1 |" in text and "| gru | spectral | 1 |" in text
     assert "reproduce.py --budget tiny" in text and "not comparable" in text.lower()
