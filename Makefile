@@ -5,13 +5,14 @@
 #
 # torch is installed first and on its own: a plain `torch` requirement with no torch present
 # pulls a multi-GB CUDA build. TORCH_SPEC picks the wheel. The default is the CPU build of the
-# release the project is tested with: PyTorch's CPU index is added, and its `+cpu` wheel wins
-# over PyPI's CUDA one (a local wheel of it, as on this project's CI machines, works offline).
+# release the project is tested with, `torch==2.13.0+cpu`, from PyTorch's wheel page (its
+# dependencies from PyPI); a local copy of that wheel in pip's find-links, as on this
+# project's CI machines, is used offline.
 # With a GPU:  make setup TORCH_SPEC=torch    (PyPI's CUDA build, any release >= 2.2)
 
 PYTHON ?= python3
 VENV ?= .venv
-TORCH_SPEC ?= torch==2.13.0 --extra-index-url https://download.pytorch.org/whl/cpu
+TORCH_SPEC ?= torch==2.13.0+cpu --find-links https://download.pytorch.org/whl/torch/
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.seqnorm-installed
 
