@@ -18,3 +18,11 @@ MNIST_DIR = Path(
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment for a child seqnorm process: offline W&B, one thread, and no
+    ``WANDB_SERVICE`` (an in-process W&B run earlier in the session sets it; a child that
+    inherits it hands its run to that service instead of writing it itself)."""
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    return {**env, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", **extra}

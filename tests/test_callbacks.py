@@ -234,6 +234,7 @@ def test_real_wandb_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         )
     finally:
         wandb.finish()
+        wandb.teardown()  # stop the service: its WANDB_SERVICE would leak into later runs
     (run,) = (tmp_path / "wandb").glob("offline-run-*")
     media = run / "files" / "media"
     assert list((media / "images" / "probe" / "gradient_flow").glob("heatmap_*.png"))

@@ -1,14 +1,13 @@
 """The console script end to end: every config fits, resume, validate/test, clear errors."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import MNIST_DIR
+from conftest import MNIST_DIR, subprocess_env
 from wandb_offline import read_offline_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +42,7 @@ DATA_TINY["psmnist"] = DATA_TINY["smnist"]
 def seqnorm(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     exe = Path(sys.executable).with_name("seqnorm")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "seqnorm.cli"]
-    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    env = subprocess_env()
     proc = subprocess.run(
         [*cmd, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
     )

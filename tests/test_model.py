@@ -120,7 +120,7 @@ def test_sigma_max_logged_at_its_own_steps(tmp_path):
     seen = {}
 
     class Spy(pl.Callback):
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        def on_before_backward(self, trainer, pl_module, loss):  # right after training_step
             seen[trainer.global_step] = pl_module.sigma_max()["l0/z"].item()
 
     logger = pl.loggers.CSVLogger(tmp_path, name="logs")

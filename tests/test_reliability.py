@@ -2,7 +2,6 @@
 loss, several processes, precision, and bad checkpoints."""
 
 import csv
-import os
 import subprocess
 import sys
 import textwrap
@@ -12,6 +11,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import yaml
+from conftest import subprocess_env
 
 from seqnorm.data import AddingDataModule, CopyMemoryDataModule
 from seqnorm.model import NonFiniteLossError, SeqModel
@@ -68,7 +68,7 @@ def _config(tmp: Path, every: int, extra_callbacks=()) -> Path:
 
 def _run(tmp: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     (tmp / "killer.py").write_text(KILLER)
-    env = {**os.environ, "PYTHONPATH": str(tmp), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    env = subprocess_env(PYTHONPATH=str(tmp))
     cmd = [sys.executable, "-m", "seqnorm.cli", *args]
     proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
     if check and proc.returncode != 0:
@@ -237,7 +237,7 @@ DDP_SCRIPT = textwrap.dedent("""
 def test_ddp_fork_two_processes_agree(tmp_path):
     script = tmp_path / "ddp.py"
     script.write_text(DDP_SCRIPT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = subprocess_env()
     proc = subprocess.run([sys.executable, str(script), str(tmp_path)], env=env,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
