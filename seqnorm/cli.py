@@ -14,6 +14,7 @@ from argparse import ArgumentError
 
 import pytorch_lightning as pl
 from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from .model import SeqModel
 
@@ -70,6 +71,11 @@ def main(args: list[str] | None = None) -> None:
         )
     except ArgumentError as err:  # bad config: unknown key, wrong type, malformed YAML
         _fail(f"invalid configuration: {_condense(str(err))}")
+    except MisconfigurationException as err:  # options Lightning rejects together
+        msg = _condense(str(err))
+        if "manual optimization" in msg:
+            msg += " (model.tbptt_steps trains with manual optimization)"
+        _fail(f"invalid configuration: {msg}")
     except (ValueError, TypeError, FileNotFoundError, RuntimeError, KeyError) as err:
         _fail(f"{type(err).__name__}: {_condense(str(err))}")
 

@@ -130,6 +130,10 @@ def test_print_config_and_overrides(tmp_path):
         (["--model.constraint", "nuclear"], "constraint must be one of"),
         (["--data.seq_len", "0"], "seq_len must be >= 1, got 0"),
         (["--data.batch_size", "0"], "batch_size must be >= 1, got 0"),
+        (
+            ["--model.tbptt_steps", "5", "--trainer.gradient_clip_val", "1.0"],
+            "clipping is not supported for manual optimization",
+        ),
     ],
 )
 def test_bad_input_one_line_error(extra, match, tmp_path):
