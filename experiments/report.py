@@ -140,6 +140,11 @@ def _colors(constraints: list[str]) -> dict[str, Any]:
             for i, c in enumerate(constraints)}  # fmt: skip
 
 
+def _styles(layers: list[str]) -> dict[str, str]:
+    """One line style per layer (colour is the constraint): solid, dashed, dotted."""
+    return {layer: ("-", "--", ":", "-.")[i % 4] for i, layer in enumerate(sorted(set(layers)))}
+
+
 def _mean_curve(curves: list[list[tuple[int, float]]]) -> tuple[np.ndarray, np.ndarray]:
     """Mean over runs on the steps all runs logged."""
     common = set.intersection(*(set(s for s, _ in c) for c in curves)) if curves else set()
@@ -165,7 +170,7 @@ def plot_curves(task: str, grouped: dict, out: Path) -> Path | None:
     if not keys:
         return None
     constraints = _order([k[2] for k in keys], CONSTRAINT_ORDER)
-    colors = _colors(constraints)
+    colors, styles = _colors(constraints), _styles([k[1] for k in keys])
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     baseline, metric = None, None
     for key in sorted(keys, key=lambda k: (k[1], constraints.index(k[2]))):
@@ -178,12 +183,13 @@ def plot_curves(task: str, grouped: dict, out: Path) -> Path | None:
         train = [c for c in train if c]
         if train:
             s, y = _mean_curve(train)
-            ax1.plot(s, _smooth(y), color=colors[key[2]], label=label, lw=1.3)
+            ax1.plot(s, _smooth(y), color=colors[key[2]], ls=styles[key[1]], label=label, lw=1.3)
         val = [series(m, f"val/{metric}") for m in logs]
         val = [c for c in val if c]
         if val:
             s, y = _mean_curve(val)
-            ax2.plot(s + 1, y * metric_scale(metric), "o-", color=colors[key[2]], label=label)
+            ax2.plot(s + 1, y * metric_scale(metric), marker="o", ls=styles[key[1]],
+                     color=colors[key[2]], label=label)  # fmt: skip
     if isinstance(baseline, (int, float)):
         ax1.axhline(baseline, color="k", ls="--", lw=1, label=f"memoryless baseline {baseline:.3g}")
         if metric == "mse":
@@ -215,7 +221,7 @@ def plot_gradflow(task: str, grouped: dict, out: Path) -> Path | None:
     if not keys:
         return None
     constraints = _order([k[2] for k in keys], CONSTRAINT_ORDER)
-    colors = _colors(constraints)
+    colors, styles = _colors(constraints), _styles([k[1] for k in keys])
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     drawn = False
     for key in sorted(keys, key=lambda k: (k[1], constraints.index(k[2]))):
@@ -229,7 +235,7 @@ def plot_gradflow(task: str, grouped: dict, out: Path) -> Path | None:
                             curves.append(z[when][-1])  # top layer, (T,)
             if curves:
                 y = np.mean(curves, axis=0)
-                ax.plot(np.arange(len(y)), y, color=colors[key[2]], lw=1.3,
+                ax.plot(np.arange(len(y)), y, color=colors[key[2]], ls=styles[key[1]], lw=1.3,
                         label=f"{key[1]} {key[2]} (n={len(curves)})")  # fmt: skip
                 drawn = True
     if not drawn:
