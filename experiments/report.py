@@ -75,6 +75,32 @@ def load_rows(path: Path) -> list[dict[str, Any]]:
     return list(by_id.values())
 
 
+def resummarize(rows: list[dict[str, Any]]) -> int:
+    """Recompute each run's decay rate and grad ratio from its saved curves (``probes.npz``)
+    with the current :func:`seqnorm.probes.summarize`, so every row is summarised by the
+    same code whatever version of the library wrote it. Returns how many rows changed.
+    """
+    import torch
+
+    from seqnorm.probes import summarize
+
+    changed = 0
+    for r in rows:
+        path = Path(r["run_dir"]) / "probes.npz" if r.get("run_dir") else None
+        if path is None or not path.exists():
+            continue
+        with np.load(path) as z:
+            curves = {w: z[w][-1] for w in ("init", "end") if w in z}  # top layer, (T,)
+        for when, curve in curves.items():
+            # The curves are log10 of float32 norms, floored at float32's tiny.
+            norms = torch.from_numpy(10.0 ** curve.astype(np.float64)).float()
+            summary = summarize(norms)
+            r[f"decay_rate_{when}"] = summary["decay_rate"]
+            r[f"grad_ratio_{when}"] = summary["grad_ratio"]
+        changed += bool(curves)
+    return changed
+
+
 def _num(val: str) -> Any:
     if val is None or val == "":
         return None
@@ -575,13 +601,15 @@ def render(rows: list[dict[str, Any]], out: Path, runs_csv: Path, log: Path | No
         "is below the criterion, with how many seeds reached it; *decay* the change of "
         "log10 ||dL/dh_t|| per 100 steps going back in time (negative: vanishing; a robust "
         f"slope fit, `seqnorm.probes.summarize`) on {'/'.join(probe_n)} fixed validation "
-        "samples, at initialisation and at the end; *grad ratio* ||dL/dh_0|| / "
+        "samples, at initialisation and at the end (recomputed by this report from each run's "
+        "saved curves, `probes.npz`, with the current `seqnorm.probes.summarize`; runs.csv "
+        "holds the values of the library that ran); *grad ratio* ||dL/dh_0|| / "
         "||dL/dh_T-1|| at the end. Mean ± std over seeds. † on >= 10% of the steps of at least "
         "one run the curve sits at the probe's floor, log10 = -37.9 (float32's smallest "
         "normal number): the float32 gradient itself underflowed there (the probe takes the "
         "norm in float64, so only a gradient below float32's range reads as the floor). The "
-        "decay rate, a median slope over the whole curve, then reads too flat and the grad "
-        "ratio sits at the floor; the true decay is steeper. "
+        "decay rate is then fitted on the measurable part of the curve only, and a grad "
+        "ratio at the floor (~1e-38) is an upper bound: the true ratio is smaller. "
         "*resumed*: stopped and resumed from its last checkpoint (exact resume); its fit time "
         "counts the last attempt only.",
         "",
@@ -652,6 +680,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = load_rows(ns.runs)
     if not rows:
         parser.error(f"--runs: {ns.runs} has no rows")
+    resummarize(rows)
     ns.out_dir.mkdir(parents=True, exist_ok=True)
     log = ns.log or ns.runs.with_name("reproduce.log")
     text = render(rows, ns.out_dir, ns.runs, log)

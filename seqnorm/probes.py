@@ -20,6 +20,7 @@ mode gives a deterministic probe; in training mode the model's own dropout still
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
@@ -245,8 +246,11 @@ def decay_rate(norms: Tensor) -> Tensor:
 
     The fit is Theil-Sen: the median of the slopes between all pairs of (at most
     :data:`MAX_FIT_POINTS`, evenly spaced) time steps of :func:`log10_norms`, so a few
-    outliers (a spike at the steps that carry a target) do not move it, and zero norms
-    count as the dtype's floor instead of ``-inf``.
+    outliers (a spike at the steps that carry a target) do not move it. Points at the floor
+    of :func:`log10_norms` (zero or underflowed norms) carry no slope information and are
+    left out while at least two measurable points remain; otherwise (an all-zero curve)
+    every point counts, so the result is always finite. Without this, a gradient that
+    vanishes below the dtype's range over most of a long sequence would read as flat.
 
     Args:
         norms: ``(T,)`` or ``(rows, T)``, ``T >= 2``.
@@ -259,6 +263,7 @@ def decay_rate(norms: Tensor) -> Tensor:
     """
     _check_curve(norms)
     y = log10_norms(norms)  # (..., T)
+    floor = math.log10(torch.finfo(y.dtype).tiny)
     T = y.shape[-1]
     idx = torch.linspace(0, T - 1, min(T, MAX_FIT_POINTS), device=y.device).round().long()
     idx = idx.unique()  # (n,)
@@ -266,7 +271,11 @@ def decay_rate(norms: Tensor) -> Tensor:
     y = y[..., idx]  # (..., n)
     i, j = torch.triu_indices(len(idx), len(idx), 1, device=y.device)
     slopes = (y[..., j] - y[..., i]) / (t[j] - t[i])  # (..., pairs): per step, forward in t
-    return 0.0 - 100.0 * slopes.quantile(0.5, dim=-1)  # 0 - x: a flat curve gives 0, not -0
+    valid = y > floor + 1e-6  # (..., n): measurable points
+    usable = valid[..., i] & valid[..., j]  # (..., pairs)
+    fit = slopes.masked_fill(~usable, float("nan")).nanquantile(0.5, dim=-1)  # (...)
+    fit = torch.where(valid.sum(-1) >= 2, fit, slopes.quantile(0.5, dim=-1))
+    return 0.0 - 100.0 * fit  # 0 - x: a flat curve gives 0, not -0
 
 
 def grad_ratio(norms: Tensor) -> Tensor:

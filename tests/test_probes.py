@@ -233,6 +233,18 @@ def test_zero_and_underflowing_norms_give_finite_summary(dtype: torch.dtype) -> 
     assert s["grad_ratio/l3"] == pytest.approx(tiny, rel=1e-4)  # floored zero over one
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_decay_rate_ignores_the_underflowed_part(dtype: torch.dtype) -> None:
+    # ||dL/dh[t]|| = 10**(-0.5 (T-1-t)) over T=784 steps: below float32's range for all but
+    # the last ~75 steps (and zero there). The fit must see -50 per 100 steps, not a flat
+    # curve at the floor.
+    t = torch.arange(784, dtype=torch.float64)
+    curve = (10 ** (-0.5 * (783 - t))).to(dtype)
+    assert (curve == 0).float().mean() > (0.5 if dtype == torch.float32 else 0.0)
+    assert float(decay_rate(curve)) == pytest.approx(-50.0, rel=1e-6)
+    assert float(decay_rate(torch.zeros(10, dtype=dtype))) == 0.0  # nothing measurable
+
+
 def test_float32_norms_do_not_flush_tiny_gradients_to_zero() -> None:
     # Entries ~1e-25 are normal float32 numbers, but their squares are not: a norm taken in
     # float32 reads 0 there. The probe must see the true size down to float32's own range.
