@@ -186,15 +186,21 @@ def _smooth(y: np.ndarray, k: int = 5) -> np.ndarray:
     return np.convolve(pad, np.ones(k) / k, mode="valid")
 
 
-def plot_curves(task: str, grouped: dict, out: Path) -> Path | None:
+def _pyplot() -> Any:
+    """matplotlib.pyplot on the file-only Agg backend (imported only when plotting)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_curves(task: str, grouped: dict, out: Path) -> Path | None:
     keys = [k for k in grouped if k[0] == task]
     if not keys:
         return None
+    plt = _pyplot()
     constraints = _order([k[2] for k in keys], CONSTRAINT_ORDER)
     colors, styles = _colors(constraints), _styles([k[1] for k in keys])
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
@@ -238,14 +244,10 @@ def plot_curves(task: str, grouped: dict, out: Path) -> Path | None:
 
 
 def plot_gradflow(task: str, grouped: dict, out: Path) -> Path | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     keys = [k for k in grouped if k[0] == task]
     if not keys:
         return None
+    plt = _pyplot()
     constraints = _order([k[2] for k in keys], CONSTRAINT_ORDER)
     colors, styles = _colors(constraints), _styles([k[1] for k in keys])
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)

@@ -1,4 +1,5 @@
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,15 @@ MNIST_DIR = Path(
     os.environ.get("SEQNORM_MNIST_DIR")
     or Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 )
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Run the test with one intra-op thread, restoring the setting afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(autouse=True)

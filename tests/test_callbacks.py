@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +20,8 @@ from seqnorm.callbacks import GradientFlowMonitor, SpectrumMonitor
 from seqnorm.data import CopyMemoryDataModule
 from seqnorm.model import SeqModel
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tensors here are tiny: intra-op threads only add overhead (and stall on a busy box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tensors here are tiny: intra-op threads only add overhead (and stall on a busy box).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model_and_data(**model_kw: Any) -> tuple[SeqModel, CopyMemoryDataModule]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -37,13 +36,8 @@ LAYERS = {"rnn": SpectralRNN, "gru": SpectralGRU, "lstm": SpectralLSTM}
 CELLS = {"rnn": SpectralRNNCell, "gru": SpectralGRUCell, "lstm": SpectralLSTMCell}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tensors here are tiny: intra-op threads only add overhead (and stall on a busy box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tensors here are tiny: intra-op threads only add overhead (and stall on a busy box).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Tagger(nn.Module):
