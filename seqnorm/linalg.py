@@ -13,10 +13,10 @@ from torch import Tensor
 __all__ = [
     "as_blocks",
     "power_iteration",
-    "satisfies",
     "spectral_norm",
     "stable_rank",
     "compute_dtype",
+    "top_singular_vectors",
 ]
 
 
@@ -126,47 +126,29 @@ def _iterate(
     return u, v
 
 
-def satisfies(
-    W: Tensor,
-    kind: str,
-    *,
-    blocks: int = 1,
-    tol: float = 1e-3,
-    **options: float,
-) -> bool:
-    """Check with an exact SVD that every gate block of ``W`` satisfies constraint ``kind``.
+@torch.no_grad()
+def top_singular_vectors(W: Tensor, u: Tensor, v: Tensor, eps: float = 1e-12) -> tuple[Tensor, Tensor]:
+    """Leading left/right singular vectors of each matrix of ``W`` (``(k, m, n)``), exactly.
 
-    Args:
-        W: matrix ``(blocks*H, H)``.
-        kind: one of ``none``, ``spectral``, ``scaled``, ``bound``, ``band``, ``orthogonal``.
-        blocks: number of gate blocks.
-        tol: absolute tolerance on singular values.
-        **options: the constraint's options (``gamma``, ``gamma_min``/``gamma_max``, ``r``);
-            defaults as in :func:`seqnorm.constrain`.
+    From a symmetric eigendecomposition of the smaller Gram matrix (``W^T W`` or ``W W^T``),
+    in float32 or higher; ``u^T W v`` then equals the largest singular value to float
+    precision. ``u`` (``(k, m)``) and ``v`` (``(k, n)``) are returned where a block is zero
+    (any vector is then a singular vector).
 
-    >>> satisfies(torch.eye(3), "orthogonal")
-    True
-    >>> satisfies(2 * torch.eye(3), "bound", gamma=1.5)
-    False
+    >>> W = torch.diag(torch.tensor([1.0, 3.0])).unsqueeze(0)
+    >>> u, v = top_singular_vectors(W, torch.ones(1, 2), torch.ones(1, 2))
+    >>> round(torch.einsum("bi,bij,bj->b", u, W, v).item(), 5)
+    3.0
     """
-    s = torch.linalg.svdvals(as_blocks(W.detach(), blocks).to(compute_dtype(W.dtype)))  # (k, H)
-    smax, smin = s[:, 0], s[:, -1]
-    if kind == "none":
-        ok = torch.isfinite(s).all()
-    elif kind == "spectral":
-        ok = ((smax - 1).abs() <= tol).all()
-    elif kind == "scaled":
-        lo, hi = options.get("gamma_min", 0.5), options.get("gamma_max", 1.5)
-        ok = ((smax >= lo - tol) & (smax <= hi + tol)).all()
-    elif kind == "bound":
-        ok = (smax <= options.get("gamma", 1.0) + tol).all()
-    elif kind == "band":
-        r = options.get("r", 0.1)
-        ok = ((smin >= 1 - r - tol) & (smax <= 1 + r + tol)).all()
-    elif kind == "orthogonal":
-        ok = ((s - 1).abs() <= tol).all()
-    else:
-        raise ValueError(
-            f"kind must be one of none, spectral, scaled, bound, band, orthogonal, got {kind!r}"
-        )
-    return bool(ok)
+    dt = compute_dtype(W.dtype)
+    with torch.autocast(W.device.type, enabled=False):
+        Wd, u0, v0 = W.to(dt), u.to(dt), v.to(dt)
+        if Wd.shape[-2] < Wd.shape[-1]:  # wide: the m x m Gram matrix is the smaller one
+            u1 = torch.linalg.eigh(Wd @ Wd.transpose(-2, -1)).eigenvectors[..., -1]  # (k, m)
+            v1 = torch.bmm(Wd.transpose(-2, -1), u1.unsqueeze(-1)).squeeze(-1)  # (k, n)
+            ok = v1.norm(dim=-1, keepdim=True) > eps
+            return torch.where(ok, u1, u0), torch.where(ok, _normalize(v1, eps), v0)
+        v1 = torch.linalg.eigh(Wd.transpose(-2, -1) @ Wd).eigenvectors[..., -1]  # (k, n)
+        u1 = torch.bmm(Wd, v1.unsqueeze(-1)).squeeze(-1)  # (k, m)
+        ok = u1.norm(dim=-1, keepdim=True) > eps
+        return torch.where(ok, _normalize(u1, eps), u0), torch.where(ok, v1, v0)

@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from seqnorm import CONSTRAINTS, SpectralGRU, SpectralLSTM, SpectralRNN, constrain
-from seqnorm.linalg import power_iteration, satisfies, spectral_norm, stable_rank
+from seqnorm.constraints import satisfies
+from seqnorm.linalg import power_iteration, spectral_norm, stable_rank
 
 LAYERS = [SpectralRNN, SpectralGRU, SpectralLSTM]
 KINDS = [k for k in CONSTRAINTS if k != "none"]
@@ -170,7 +171,7 @@ def test_satisfies_detects_violations():
     assert not satisfies(torch.diag(torch.tensor([1.0, 0.5])), "band", r=0.1)
     assert satisfies(torch.diag(torch.tensor([1.05, 0.95])), "band", r=0.1)
     assert not satisfies(torch.eye(2) * 2, "scaled", gamma_min=0.5, gamma_max=1.5)
-    with pytest.raises(ValueError, match="kind must be one of"):
+    with pytest.raises(ValueError, match="constraint must be one of"):
         satisfies(torch.eye(2), "nope")
 
 
@@ -181,9 +182,9 @@ def test_satisfies_detects_violations():
         ("band", {"r": 0.0}, "r must be in the open interval"),
         ("band", {"r": 1.0}, "r must be in the open interval"),
         ("scaled", {"gamma_min": 2.0, "gamma_max": 1.0}, "gamma_min must be <= gamma_max"),
-        ("scaled", {"gamma_min": -1.0}, "gamma_min must be positive"),
-        ("bound", {"gamma": 0}, "gamma must be positive"),
-        ("spectral", {"gamma": 1.0}, r"unknown option\(s\) \['gamma'\].*allowed: n_power"),
+        ("scaled", {"gamma_min": -1.0}, "gamma_min must be a positive number"),
+        ("bound", {"gamma": 0}, "gamma must be a positive number"),
+        ("spectral", {"gamma": 1.0}, r"unknown option\(s\) \['gamma'\].*allowed: estimator, n_power"),
         ("spectral", {"n_power_iterations": 0}, "n_power_iterations must be an int >= 1"),
     ],
 )
