@@ -127,7 +127,9 @@ def _iterate(
 
 
 @torch.no_grad()
-def top_singular_vectors(W: Tensor, u: Tensor, v: Tensor, eps: float = 1e-12) -> tuple[Tensor, Tensor]:
+def top_singular_vectors(
+    W: Tensor, u: Tensor, v: Tensor, eps: float = 1e-12
+) -> tuple[Tensor, Tensor]:
     """Leading left/right singular vectors of each matrix of ``W`` (``(k, m, n)``), exactly.
 
     From a symmetric eigendecomposition of the smaller Gram matrix (``W^T W`` or ``W W^T``),

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from .layers import _SpectralRNNBase
+from .layers import RecurrentLayer
 from .linalg import as_blocks, compute_dtype, stable_rank
 
 __all__ = [
@@ -50,7 +50,7 @@ MAX_FIT_POINTS = 128
 # --------------------------------------------------------------------------- recording states
 
 
-def find_layers(model: nn.Module) -> list[tuple[str, _SpectralRNNBase]]:
+def find_layers(model: nn.Module) -> list[tuple[str, RecurrentLayer]]:
     """Every seqnorm sequence layer in ``model`` (``model`` itself included), module order.
 
     Args:
@@ -61,10 +61,10 @@ def find_layers(model: nn.Module) -> list[tuple[str, _SpectralRNNBase]]:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, _SpectralRNNBase)]
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, RecurrentLayer)]
 
 
-def _require_layers(model: nn.Module) -> list[tuple[str, _SpectralRNNBase]]:
+def _require_layers(model: nn.Module) -> list[tuple[str, RecurrentLayer]]:
     layers = find_layers(model)
     if not layers:
         raise ValueError(
@@ -81,7 +81,7 @@ class StateRecording:
     forward call, each a list (one per stacked layer) of ``T`` tensors ``h[t]`` ``(B, H)``.
     """
 
-    def __init__(self, layers: list[tuple[str, _SpectralRNNBase]]) -> None:
+    def __init__(self, layers: list[tuple[str, RecurrentLayer]]) -> None:
         self.names = [n for n, _ in layers]
         self.layers = [m for _, m in layers]
         self.calls: list[list[list[list[Tensor]]]] = [[] for _ in layers]
@@ -326,15 +326,15 @@ def summarize(norms: Tensor) -> dict[str, float]:
 # --------------------------------------------------------------------------------- Jacobians
 
 
-def _check_layer(layer: nn.Module) -> _SpectralRNNBase:
-    if not isinstance(layer, _SpectralRNNBase):
+def _check_layer(layer: nn.Module) -> RecurrentLayer:
+    if not isinstance(layer, RecurrentLayer):
         raise TypeError(
             f"layer must be a SpectralRNN, SpectralGRU or SpectralLSTM, got {type(layer).__name__}"
         )
     return layer
 
 
-def _single_sequence(layer: _SpectralRNNBase, x: Tensor) -> Tensor:
+def _single_sequence(layer: RecurrentLayer, x: Tensor) -> Tensor:
     """``x`` as one unbatched sequence ``(T, I)``: batch element 0 of a batched input."""
     if not isinstance(x, Tensor) or x.dim() not in (2, 3):
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
@@ -414,7 +414,7 @@ def jacobian_norms(
     return _jacobian_closed_form(layer, seq, idx, k)
 
 
-def _jacobian_closed_form(layer: _SpectralRNNBase, seq: Tensor, idx: list[int], k: int) -> Tensor:
+def _jacobian_closed_form(layer: RecurrentLayer, seq: Tensor, idx: list[int], k: int) -> Tensor:
     with _preserved_buffers(layer), torch.no_grad(), record_hidden_states(layer) as rec:
         layer(seq)
         hs = torch.stack(rec.states()[k]).squeeze(1)  # (T, H)
@@ -431,7 +431,7 @@ def _jacobian_closed_form(layer: _SpectralRNNBase, seq: Tensor, idx: list[int], 
 
 
 def _jacobian_power(
-    layer: _SpectralRNNBase, seq: Tensor, idx: list[int], n_iterations: int, k: int
+    layer: RecurrentLayer, seq: Tensor, idx: list[int], n_iterations: int, k: int
 ) -> Tensor:
     S = len(idx)
     xs = seq.unsqueeze(0 if layer.batch_first else 1).expand(*(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from torch import Tensor
 
 from ..linalg import as_blocks
@@ -25,5 +24,3 @@ class Spectral(SigmaNorm):
     def holds(s: Tensor, tol: float, **options: object) -> bool:
         """Whether singular values ``s`` (``(k, n)``, descending) satisfy the constraint."""
         return bool(((s[:, 0] - 1).abs() <= tol).all())
-
-

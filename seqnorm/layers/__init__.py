@@ -1,0 +1,30 @@
+"""Spectrally constrained recurrent layers and cells with ``torch.nn`` call conventions.
+
+``SpectralRNN/GRU/LSTM`` take the constructor arguments and inputs of ``torch.nn.RNN/GRU/
+LSTM`` (parameters are named the same, so their ``state_dict`` keys match when
+``constraint="none"``), plus ``constraint`` and ``constraint_options``. The constraint is a
+parametrization of every ``weight_hh_l{k}``, applied per gate block.
+
+Two paths compute the same thing:
+
+* the fused path (default) calls torch's own RNN kernels (cuDNN on a GPU) with the
+  constrained matrices computed once per call;
+* the unrolled path (``layer.unroll = True``) steps the cell equations one time step at a
+  time, so that every hidden state is its own autograd node (the gradient probes need
+  ``dL/dh_t`` for every ``t``). The cells ``Spectral*Cell`` use the same step functions.
+"""
+
+from .base import RecurrentLayer
+from .cells import RecurrentCell, SpectralGRUCell, SpectralLSTMCell, SpectralRNNCell
+from .sequence import SpectralGRU, SpectralLSTM, SpectralRNN
+
+__all__ = [
+    "RecurrentCell",
+    "RecurrentLayer",
+    "SpectralGRU",
+    "SpectralGRUCell",
+    "SpectralLSTM",
+    "SpectralLSTMCell",
+    "SpectralRNN",
+    "SpectralRNNCell",
+]
