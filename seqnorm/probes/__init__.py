@@ -1,0 +1,39 @@
+"""Gradient-flow probes: pure functions over a model (or a layer) and a batch.
+
+Time steps are 0-based everywhere: ``h[t]``, ``t = 0 .. T-1``, is the hidden state after
+reading ``x[t]``; column ``t`` of :func:`hidden_grad_norms` belongs to ``h[t]``.
+
+* :func:`hidden_grad_norms` -- ``||dL/dh[t]||`` for every ``t`` and every recurrent layer,
+  from one backward pass over the states recorded by the unrolled path of the layers.
+* :func:`decay_rate`, :func:`grad_ratio`, :func:`summarize` -- one number per curve.
+* :func:`jacobian_norms` -- ``||dh[T-1]/dh[t]||_2`` by power iteration (any cell) or in
+  closed form (Elman RNN).
+* :func:`weight_spectrum` -- singular values, stable rank and a Lipschitz bound of every
+  gate block of every ``weight_hh_l{k}``.
+
+"Pure" means: no ``.grad`` is written (gradients come from :func:`torch.autograd.grad`),
+buffers that a forward pass in training mode would update (the power-iteration vectors of
+the constraints, batch-norm statistics) are restored, the probes draw nothing from the
+global RNG, and the train/eval mode is left as the caller set it (the caller decides: eval
+mode gives a deterministic probe; in training mode the model's own dropout still draws).
+"""
+
+from .curves import MAX_FIT_POINTS, decay_rate, grad_ratio, log10_norms, summarize
+from .gradients import hidden_grad_norms
+from .jacobian import jacobian_norms
+from .recording import StateRecording, find_layers, record_hidden_states
+from .spectrum import weight_spectrum
+
+__all__ = [
+    "MAX_FIT_POINTS",
+    "StateRecording",
+    "decay_rate",
+    "find_layers",
+    "grad_ratio",
+    "hidden_grad_norms",
+    "jacobian_norms",
+    "log10_norms",
+    "record_hidden_states",
+    "summarize",
+    "weight_spectrum",
+]

@@ -1,0 +1,102 @@
+"""Recording every hidden state of the seqnorm layers of a model during a forward pass."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from torch import Tensor, nn
+
+from ..layers import RecurrentLayer
+
+__all__ = ["StateRecording", "find_layers", "record_hidden_states"]
+
+
+def find_layers(model: nn.Module) -> list[tuple[str, RecurrentLayer]]:
+    """Every seqnorm sequence layer in ``model`` (``model`` itself included), module order.
+
+    Args:
+        model: any module: a bare ``SpectralRNN/GRU/LSTM``, a user's model, a LightningModule.
+
+    Returns:
+        ``(qualified name, layer)`` pairs, as ``model.named_modules()`` lists them.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, RecurrentLayer)]
+
+
+def _require_layers(model: nn.Module) -> list[tuple[str, RecurrentLayer]]:
+    layers = find_layers(model)
+    if not layers:
+        raise ValueError(
+            f"model must contain a seqnorm layer (SpectralRNN, SpectralGRU or SpectralLSTM), "
+            f"found none in {type(model).__name__}"
+        )
+    return layers
+
+
+class StateRecording:
+    """The hidden states recorded by :func:`record_hidden_states`.
+
+    ``calls[i]`` is the recorder of the ``i``-th seqnorm layer of the model: one entry per
+    forward call, each a list (one per stacked layer) of ``T`` tensors ``h[t]`` ``(B, H)``.
+    """
+
+    def __init__(self, layers: list[tuple[str, RecurrentLayer]]) -> None:
+        self.names = [n for n, _ in layers]
+        self.layers = [m for _, m in layers]
+        self.calls: list[list[list[list[Tensor]]]] = [[] for _ in layers]
+
+    def states(self) -> list[list[Tensor]]:
+        """One row per stacked layer of every seqnorm layer (module order): ``T`` states.
+
+        Raises:
+            ValueError: if a seqnorm layer was called other than exactly once.
+        """
+        rows: list[list[Tensor]] = []
+        for name, calls in zip(self.names, self.calls, strict=True):
+            if len(calls) != 1:
+                raise ValueError(
+                    f"seqnorm layer {name or '<model>'!r} must run exactly once per forward to "
+                    f"be probed, it ran {len(calls)} times"
+                )
+            rows.extend(calls[0])
+        return rows
+
+
+@contextmanager
+def record_hidden_states(model: nn.Module) -> Iterator[StateRecording]:
+    """Record every hidden state of every seqnorm layer of ``model`` while inside.
+
+    Inside the block the layers run their unrolled path (each ``h[t]`` is its own autograd
+    node); on exit, even on error, they go back to normal.
+
+    Args:
+        model: any module containing seqnorm layers.
+
+    Raises:
+        ValueError: if ``model`` contains no seqnorm layer.
+        RuntimeError: if a layer is already being recorded.
+
+    >>> import torch
+    >>> from seqnorm import SpectralGRU
+    >>> gru = SpectralGRU(3, 4, num_layers=2)
+    >>> with record_hidden_states(gru) as rec:
+    ...     _ = gru(torch.randn(5, 2, 3))
+    >>> rows = rec.states()
+    >>> len(rows), len(rows[0]), tuple(rows[0][0].shape), gru._state_recorder is None
+    (2, 5, (2, 4), True)
+    """
+    layers = _require_layers(model)
+    rec = StateRecording(layers)
+    for name, layer in layers:
+        if layer._state_recorder is not None:
+            raise RuntimeError(f"seqnorm layer {name or '<model>'!r} is already being recorded")
+    try:
+        for layer, calls in zip(rec.layers, rec.calls, strict=True):
+            layer._state_recorder = calls
+        yield rec
+    finally:
+        for layer in rec.layers:
+            layer._state_recorder = None
