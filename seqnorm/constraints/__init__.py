@@ -23,6 +23,7 @@ every forward, in training and in eval.
 
 from .band import Band
 from .bound import Bound
+from .gates import GateSubset
 from .norm import ESTIMATORS, SigmaNorm
 from .orthogonal import MAPS, Orthogonal
 from .registry import (
@@ -42,6 +43,7 @@ __all__ = [
     "MAPS",
     "Band",
     "Bound",
+    "GateSubset",
     "Orthogonal",
     "Scaled",
     "SigmaNorm",

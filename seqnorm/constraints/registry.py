@@ -7,6 +7,7 @@ A constraint's options and their defaults are its class's constructor signature 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -16,6 +17,7 @@ from torch.nn.utils import parametrize
 from ..linalg import as_blocks, compute_dtype
 from .band import Band
 from .bound import Bound
+from .gates import GateSubset
 from .norm import SigmaNorm
 from .orthogonal import Orthogonal
 from .scaled import Scaled
@@ -73,6 +75,7 @@ def constrain(
     kind: str = "spectral",
     *,
     blocks: int = 1,
+    gates: Sequence[int] | None = None,
     **options: Any,
 ) -> nn.Module:
     """Constrain ``module.<name>`` per gate block with the parametrization ``kind``.
@@ -82,6 +85,8 @@ def constrain(
         name: the parameter to constrain.
         kind: ``none``, ``spectral``, ``scaled``, ``bound``, ``band`` or ``orthogonal``.
         blocks: how many square ``H x H`` gate blocks are stacked in the rows.
+        gates: indices of the blocks to constrain (``None``: all); the others stay free
+            (see :class:`~seqnorm.constraints.gates.GateSubset`).
         **options: options of the constraint (see :func:`constraint_options` and the
             classes): ``estimator``, ``n_power_iterations``, ``eps``, ``gamma_min``,
             ``gamma_max``, ``gamma``, ``r``, ``map``, ``rebase_every``.
@@ -116,9 +121,18 @@ def constrain(
     cls = CONSTRAINTS[kind]
     if cls is None:
         return module
-    param = cls(W.shape, blocks, **options).to(device=W.device)
-    if isinstance(param, SigmaNorm):
-        param.converge(W)
+    chosen = tuple(range(blocks)) if gates is None else tuple(sorted(set(gates)))
+    if not chosen or not all(isinstance(g, int) and 0 <= g < blocks for g in chosen):
+        raise ValueError(f"gates must be block indices in range({blocks}), got {gates!r}")
+    if len(chosen) == blocks:
+        param: nn.Module = cls(W.shape, blocks, **options).to(device=W.device)
+        if isinstance(param, SigmaNorm):
+            param.converge(W)
+    else:
+        inner = cls((len(chosen) * cols, cols), len(chosen), **options).to(device=W.device)
+        if isinstance(inner, SigmaNorm):
+            inner.converge(as_blocks(W.detach(), blocks)[list(chosen)].reshape(-1, cols))
+        param = GateSubset(inner, blocks, chosen)
     parametrize.register_parametrization(module, name, param)
     return module
 
