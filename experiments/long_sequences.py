@@ -37,7 +37,7 @@ for x, y in list(dm.train_dataloader())[: args["steps"]]:
     t0 = time.perf_counter()
     if args["tbptt"]:
         state = None
-        chunks = model.encode(x).split(args["tbptt"], dim=1)
+        chunks = model.features(x).split(args["tbptt"], dim=1)
         for i, chunk in enumerate(chunks):
             if i < len(chunks) - 1:
                 with torch.no_grad():

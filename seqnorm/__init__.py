@@ -11,6 +11,7 @@ True
 from torch.nn.utils.parametrize import cached
 
 from .constraints import CONSTRAINTS, constrain, is_constrained
+from .optim import constrained_parameters, param_groups
 from .layers import (
     SpectralGRU,
     SpectralGRUCell,
@@ -33,5 +34,7 @@ __all__ = [
     "__version__",
     "cached",
     "constrain",
+    "constrained_parameters",
     "is_constrained",
+    "param_groups",
 ]

@@ -19,6 +19,7 @@ from torchmetrics import Accuracy, MeanMetric, MeanSquaredError
 from .constraints import check_constraint
 from .layers import SpectralGRU, SpectralLSTM, SpectralRNN
 from .linalg import as_blocks, compute_dtype
+from .optim import param_groups
 
 __all__ = ["CELLS", "GATE_NAMES", "NonFiniteLossError", "SeqModel"]
 
@@ -47,7 +48,7 @@ class SeqModel(pl.LightningModule):
         num_layers: stacked recurrent layers.
         constraint: constraint on every ``weight_hh`` (see :func:`seqnorm.constrain`).
         constraint_options: its options, e.g. ``{"gamma": 0.9}``.
-        nonlinearity: ``tanh`` or ``relu`` (``cell: rnn`` only).
+        nonlinearity: ``tanh``, ``relu`` or ``modrelu`` (``cell: rnn`` only).
         dropout: dropout between stacked layers.
         input_kind: ``tokens`` (one-hot encoded, as the copy-task papers do) or ``features``.
         input_dim: vocabulary size (tokens) or features per step.
@@ -70,6 +71,16 @@ class SeqModel(pl.LightningModule):
             chunks of this many steps with an optimiser step per chunk (manual
             optimisation; ``trainer.gradient_clip_val`` is then not available). ``None``:
             full backpropagation through time.
+        init: initialisation of the recurrent gate blocks (``torch``, ``identity``,
+            ``orthogonal``, ``henaff``, ``cayley``), applied before the constraint.
+        chrono_init: ``T_max`` of the chrono initialisation of the gate biases (GRU, LSTM).
+        constrained_gates: gate blocks the constraint applies to (``None``: all), e.g.
+            ``["n"]`` for the GRU's candidate block only.
+        constrained_lr: learning rate of the constrained recurrent parameters (the stored
+            tensors behind each constrained ``weight_hh`` and the constraint's own
+            parameters), in a parameter group of their own; ``None``: the optimizer's lr.
+        input_projection: a learned ``Linear(input_dim, hidden_size)`` before the recurrent
+            layer (for feature inputs, the analogue of an embedding for tokens).
     """
 
     def __init__(
@@ -93,6 +104,11 @@ class SeqModel(pl.LightningModule):
         unroll: bool = False,
         stop_on_nonfinite: bool = True,
         tbptt_steps: int | None = None,
+        init: str = "torch",
+        chrono_init: int | None = None,
+        constrained_gates: list[str] | None = None,
+        constrained_lr: float | None = None,
+        input_projection: bool = False,
     ) -> None:
         super().__init__()
         if cell not in CELLS:
@@ -125,15 +141,27 @@ class SeqModel(pl.LightningModule):
             raise ValueError(f"tbptt_steps must be None or an int >= 1, got {tbptt_steps!r}")
         self.tbptt_steps = tbptt_steps
         self.automatic_optimization = tbptt_steps is None
-        extra = {"nonlinearity": nonlinearity} if cell == "rnn" else {}
+        if constrained_lr is not None and not (
+            isinstance(constrained_lr, (int, float)) and constrained_lr > 0
+        ):
+            raise ValueError(
+                f"constrained_lr must be None or a positive number, got {constrained_lr!r}"
+            )
+        self.constrained_lr = constrained_lr
+        extra: dict[str, Any] = {"nonlinearity": nonlinearity} if cell == "rnn" else {}
+        if chrono_init is not None:
+            extra["chrono_init"] = chrono_init
+        self.input_proj = nn.Linear(input_dim, hidden_size) if input_projection else None
         self.rnn = CELLS[cell](
-            input_dim,
+            hidden_size if input_projection else input_dim,
             hidden_size,
             num_layers=num_layers,
             batch_first=True,
             dropout=dropout,
             constraint=constraint,
             constraint_options=constraint_options,
+            init=init,
+            constrained_gates=constrained_gates,
             **extra,
         )
         self.rnn.unroll = unroll
@@ -179,9 +207,14 @@ class SeqModel(pl.LightningModule):
             )
         return x.to(self.readout.weight.dtype)
 
+    def features(self, x: Tensor) -> Tensor:
+        """What the recurrent layer reads: :meth:`encode`, then the input projection if any."""
+        inputs = self.encode(x)  # (B, T, input_dim)
+        return inputs if self.input_proj is None else self.input_proj(inputs)  # (B, T, H)
+
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``(B, T, C)`` (per-step), ``(B, C)`` (last step) or predictions ``(B,)``."""
-        out, _ = self.rnn(self.encode(x))  # (B, T, H)
+        out, _ = self.rnn(self.features(x))  # (B, T, H)
         return self._readout(out)
 
     def loss(self, output: Tensor, target: Tensor) -> Tensor:
@@ -267,7 +300,7 @@ class SeqModel(pl.LightningModule):
         last ``tbptt_steps`` steps)."""
         x, y = batch
         opt = self.optimizers()
-        inputs = self.encode(x)  # (B, T, F)
+        inputs = self.features(x)  # (B, T, F)
         chunks = inputs.split(self.tbptt_steps, dim=1)
         per_step = self.output_kind == "per_step_class"
         targets = y.split(self.tbptt_steps, dim=1) if per_step else [y] * len(chunks)
@@ -350,7 +383,10 @@ class SeqModel(pl.LightningModule):
         self._step(batch, "test")
 
     def configure_optimizers(self) -> Any:
-        opt = self.optimizer_factory(self.parameters())
+        params: Any = self.parameters()
+        if self.constrained_lr is not None:
+            params = param_groups(self, constrained_lr=self.constrained_lr)
+        opt = self.optimizer_factory(params)
         if self.scheduler_factory is None:
             return opt
         sched = self.scheduler_factory(opt)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -11,7 +13,9 @@ from torch.nn import functional as F
 from torch.nn.utils import parametrize
 
 from ..constraints import constrain
-from .args import check_common
+from .args import check_common, check_recurrent_init, gate_indices
+from .init import chrono_init_, init_recurrent_
+from .modrelu import modrelu_rnn
 from .steps import FUSED, GATES, STEPS, State
 
 __all__ = ["RecurrentLayer"]
@@ -33,10 +37,17 @@ class RecurrentLayer(nn.Module):
         constraint_options: dict[str, Any] | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        init: str = "torch",
+        chrono_init: int | None = None,
+        constrained_gates: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         options = dict(constraint_options or {})
         check_common(input_size, hidden_size, constraint, options)
+        check_recurrent_init(mode, init, chrono_init)
+        gate_idx = gate_indices(mode, constrained_gates)
+        if chrono_init is not None and not bias:
+            raise ValueError("chrono_init sets gate biases: it needs bias=True")
         if not isinstance(num_layers, int) or isinstance(num_layers, bool) or num_layers < 1:
             raise ValueError(f"num_layers must be an int >= 1, got {num_layers!r}")
         if not isinstance(dropout, (int, float)) or not 0 <= dropout <= 1:
@@ -50,6 +61,9 @@ class RecurrentLayer(nn.Module):
         self.dropout = float(dropout)
         self.constraint = constraint
         self.constraint_options = options
+        self.init = init
+        self.chrono_init = chrono_init
+        self.constrained_gates = None if constrained_gates is None else list(constrained_gates)
         #: Use the unrolled (per-step) path instead of torch's fused kernel.
         self.unroll = False
         # Set by seqnorm.probes while recording hidden states; None otherwise.
@@ -72,7 +86,18 @@ class RecurrentLayer(nn.Module):
                     )
         self._reset_raw()
         for k in range(num_layers):
-            constrain(self, f"weight_hh_l{k}", constraint, blocks=gates, **options)
+            if mode == "rnn_modrelu":  # modReLU's bias, one per unit: U(-0.01, 0.01)
+                b = torch.empty(hidden_size, **kw).uniform_(-0.01, 0.01)
+                self.register_parameter(f"modrelu_bias_l{k}", nn.Parameter(b))
+            init_recurrent_(getattr(self, f"weight_hh_l{k}"), init, blocks=gates)
+            if chrono_init is not None:
+                chrono_init_(
+                    getattr(self, f"bias_ih_l{k}"),
+                    getattr(self, f"bias_hh_l{k}"),
+                    mode,
+                    chrono_init,
+                )
+            constrain(self, f"weight_hh_l{k}", constraint, blocks=gates, gates=gate_idx, **options)
 
     @torch.no_grad()
     def _reset_raw(self) -> None:
@@ -183,6 +208,8 @@ class RecurrentLayer(nn.Module):
         return out, state
 
     def _fused(self, x: Tensor, state: State, weights: list[Tensor]) -> tuple[Tensor, State]:
+        if self.mode == "rnn_modrelu":
+            return self._fused_modrelu(x, state, weights)
         args = (weights, self.bias, self.num_layers, self.dropout, self.training, False, False)
         if self.mode == "lstm":
             out, h, c = _VF.lstm(x, state, *args)
@@ -190,12 +217,28 @@ class RecurrentLayer(nn.Module):
         out, h = FUSED[self.mode](x, state, *args)
         return out, h
 
+    def _fused_modrelu(
+        self, x: Tensor, state: Tensor, weights: list[Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        """modReLU has no torch kernel: one whole-sequence autograd Function per layer."""
+        per = 4 if self.bias else 2
+        layer_in, h_last = x, []  # (T, B, I)
+        for k in range(self.num_layers):
+            w_ih, w_hh, *b = weights[k * per : (k + 1) * per]
+            b_ih, b_hh = (b[0], b[1]) if b else (None, None)
+            gi = F.linear(layer_in, w_ih, b_ih)  # (T, B, H): one matmul for all t
+            out = modrelu_rnn(gi, state[k], w_hh, b_hh, getattr(self, f"modrelu_bias_l{k}"))
+            h_last.append(out[-1] if out.shape[0] else state[k])
+            layer_in = out  # (T, B, H)
+            if self.dropout and self.training and k < self.num_layers - 1:
+                layer_in = F.dropout(layer_in, self.dropout, training=True)
+        return layer_in, torch.stack(h_last)  # (T, B, H), (L, B, H)
+
     def _unrolled(
         self, x: Tensor, state: State, weights: list[Tensor]
     ) -> tuple[Tensor, State, list[list[Tensor]]]:
         """Step the cell equations; returns output (T, B, H), final state, and per layer
         the list of hidden states h_1..h_T, each its own autograd node."""
-        step = STEPS[self.mode]
         per = 4 if self.bias else 2
         lstm = self.mode == "lstm"
         layer_in = x  # (T, B, I)
@@ -205,6 +248,9 @@ class RecurrentLayer(nn.Module):
             w_ih, w_hh, *b = weights[k * per : (k + 1) * per]
             b_ih, b_hh = (b[0], b[1]) if b else (None, None)
             gi = F.linear(layer_in, w_ih, b_ih).unbind(0)  # T x (B, G*H): one matmul for all t
+            step = STEPS[self.mode]
+            if self.mode == "rnn_modrelu":
+                step = partial(step, bias=getattr(self, f"modrelu_bias_l{k}"))
             s: State = (state[0][k], state[1][k]) if lstm else state[k]
             hs: list[Tensor] = []
             for gi_t in gi:
@@ -229,4 +275,11 @@ class RecurrentLayer(nn.Module):
             s += ", batch_first=True"
         if self.dropout:
             s += f", dropout={self.dropout}"
-        return s + f", constraint={self.constraint!r}"
+        s += f", constraint={self.constraint!r}"
+        if self.init != "torch":
+            s += f", init={self.init!r}"
+        if self.chrono_init is not None:
+            s += f", chrono_init={self.chrono_init}"
+        if self.constrained_gates is not None:
+            s += f", constrained_gates={self.constrained_gates}"
+        return s

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -10,7 +11,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..constraints import constrain
-from .args import check_common, mode_of
+from .args import check_common, check_recurrent_init, gate_indices, mode_of
+from .init import chrono_init_, init_recurrent_
 from .steps import GATES, STEPS, State
 
 __all__ = ["SpectralGRUCell", "SpectralLSTMCell", "SpectralRNNCell"]
@@ -33,10 +35,17 @@ class RecurrentCell(nn.Module):
         constraint_options: dict[str, Any] | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        init: str = "torch",
+        chrono_init: int | None = None,
+        constrained_gates: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         options = dict(constraint_options or {})
         check_common(input_size, hidden_size, constraint, options)
+        check_recurrent_init(mode, init, chrono_init)
+        gate_idx = gate_indices(mode, constrained_gates)
+        if chrono_init is not None and not bias:
+            raise ValueError("chrono_init sets gate biases: it needs bias=True")
         self.mode, self.input_size, self.hidden_size, self.bias = (
             mode,
             input_size,
@@ -44,6 +53,8 @@ class RecurrentCell(nn.Module):
             bias,
         )
         self.constraint, self.constraint_options = constraint, options
+        self.init, self.chrono_init = init, chrono_init
+        self.constrained_gates = None if constrained_gates is None else list(constrained_gates)
         G = GATES[mode] * hidden_size
         kw = {"device": device, "dtype": dtype}
         self.weight_ih = nn.Parameter(torch.empty(G, input_size, **kw))
@@ -58,7 +69,12 @@ class RecurrentCell(nn.Module):
         with torch.no_grad():
             for p in self.parameters():
                 p.uniform_(-stdv, stdv)
-        constrain(self, "weight_hh", constraint, blocks=GATES[mode], **options)
+        if mode == "rnn_modrelu":  # modReLU's bias, one per unit: U(-0.01, 0.01)
+            self.modrelu_bias = nn.Parameter(torch.empty(hidden_size, **kw).uniform_(-0.01, 0.01))
+        init_recurrent_(self.weight_hh, init, blocks=GATES[mode])
+        if chrono_init is not None:
+            chrono_init_(self.bias_ih, self.bias_hh, mode, chrono_init)
+        constrain(self, "weight_hh", constraint, blocks=GATES[mode], gates=gate_idx, **options)
 
     def _check(self, x: Tensor, hx: State | None) -> tuple[Tensor, State, bool]:
         if not isinstance(x, Tensor):
@@ -110,7 +126,8 @@ class RecurrentCell(nn.Module):
         """
         x, state, batched = self._check(input, hx)
         gi = F.linear(x, self.weight_ih, self.bias_ih)  # (B, G*H)
-        out = STEPS[self.mode](gi, state, self.weight_hh, self.bias_hh)
+        extra = (self.modrelu_bias,) if self.mode == "rnn_modrelu" else ()
+        out = STEPS[self.mode](gi, state, self.weight_hh, self.bias_hh, *extra)
         if batched:
             return out
         return tuple(o.squeeze(0) for o in out) if self.mode == "lstm" else out.squeeze(0)
@@ -119,7 +136,14 @@ class RecurrentCell(nn.Module):
         s = f"{self.input_size}, {self.hidden_size}"
         if not self.bias:
             s += ", bias=False"
-        return s + f", constraint={self.constraint!r}"
+        s += f", constraint={self.constraint!r}"
+        if self.init != "torch":
+            s += f", init={self.init!r}"
+        if self.chrono_init is not None:
+            s += f", chrono_init={self.chrono_init}"
+        if self.constrained_gates is not None:
+            s += f", constrained_gates={self.constrained_gates}"
+        return s
 
 
 class SpectralRNNCell(RecurrentCell):
@@ -129,11 +153,17 @@ class SpectralRNNCell(RecurrentCell):
         input_size: features of the input.
         hidden_size: features of the hidden state.
         bias: whether the cell has biases.
-        nonlinearity: ``"tanh"`` or ``"relu"``.
+        nonlinearity: ``"tanh"``, ``"relu"`` or ``"modrelu"`` (``sign(z) * relu(|z| + b)``
+            with a learnable bias ``modrelu_bias`` per unit, initialised U(-0.01, 0.01)).
         constraint: name of the constraint (see :func:`seqnorm.constrain`).
         constraint_options: its options.
         device: where to allocate the parameters.
         dtype: dtype of the parameters.
+        init: initialisation of the recurrent gate blocks, applied before the constraint:
+            ``torch`` (default), ``identity``, ``orthogonal``, ``henaff`` or ``cayley``.
+        chrono_init: ``T_max`` of the chrono initialisation of the gate biases (GRU, LSTM).
+        constrained_gates: names of the gate blocks the constraint applies to (``None``:
+            all), e.g. ``["n"]`` for a GRU's candidate block only.
 
     >>> import seqnorm
     >>> cell = SpectralRNNCell(3, 8)
@@ -156,6 +186,9 @@ class SpectralRNNCell(RecurrentCell):
         constraint_options: dict[str, Any] | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        init: str = "torch",
+        chrono_init: int | None = None,
+        constrained_gates: Sequence[str] | None = None,
     ) -> None:
         self.nonlinearity = nonlinearity
         super().__init__(
@@ -167,6 +200,9 @@ class SpectralRNNCell(RecurrentCell):
             constraint_options,
             device,
             dtype,
+            init,
+            chrono_init,
+            constrained_gates,
         )
 
 
@@ -183,9 +219,22 @@ class SpectralGRUCell(RecurrentCell):
         constraint_options: dict[str, Any] | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        init: str = "torch",
+        chrono_init: int | None = None,
+        constrained_gates: Sequence[str] | None = None,
     ) -> None:
         super().__init__(
-            "gru", input_size, hidden_size, bias, constraint, constraint_options, device, dtype
+            "gru",
+            input_size,
+            hidden_size,
+            bias,
+            constraint,
+            constraint_options,
+            device,
+            dtype,
+            init,
+            chrono_init,
+            constrained_gates,
         )
 
 
@@ -202,7 +251,20 @@ class SpectralLSTMCell(RecurrentCell):
         constraint_options: dict[str, Any] | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        init: str = "torch",
+        chrono_init: int | None = None,
+        constrained_gates: Sequence[str] | None = None,
     ) -> None:
         super().__init__(
-            "lstm", input_size, hidden_size, bias, constraint, constraint_options, device, dtype
+            "lstm",
+            input_size,
+            hidden_size,
+            bias,
+            constraint,
+            constraint_options,
+            device,
+            dtype,
+            init,
+            chrono_init,
+            constrained_gates,
         )

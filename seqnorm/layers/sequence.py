@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -19,7 +20,9 @@ class SpectralRNN(RecurrentLayer):
         input_size: features per time step of the input.
         hidden_size: features of the hidden state.
         num_layers: stacked recurrent layers.
-        nonlinearity: ``"tanh"`` or ``"relu"``.
+        nonlinearity: ``"tanh"``, ``"relu"`` or ``"modrelu"`` (``sign(z) * relu(|z| + b)``
+            with a learnable bias ``modrelu_bias_l{k}`` per unit, initialised U(-0.01, 0.01);
+            its fused path is seqnorm's own whole-sequence kernel).
         bias: whether the layer has ``bias_ih``/``bias_hh``.
         batch_first: input and output are ``(B, T, F)`` instead of ``(T, B, F)``.
         dropout: dropout on the outputs of every layer but the last (training only).
@@ -27,6 +30,13 @@ class SpectralRNN(RecurrentLayer):
         constraint_options: options of the constraint, e.g. ``{"gamma": 0.9}``.
         device: where to allocate the parameters.
         dtype: dtype of the parameters.
+        init: initialisation of the recurrent gate blocks, applied before the constraint
+            (so ``orthogonal`` starts exactly there): ``torch`` (default, torch's uniform),
+            ``identity`` (IRNN), ``orthogonal`` (random), ``henaff`` or ``cayley``.
+        chrono_init: ``T_max`` of the chrono initialisation of the gate biases (Tallec &
+            Ollivier 2018; GRU and LSTM only), ``None`` for torch's.
+        constrained_gates: names of the gate blocks the constraint applies to (``None``:
+            all): GRU ``r, z, n``, LSTM ``i, f, g, o``; e.g. ``["n"]``.
 
     >>> rnn = SpectralRNN(3, 8, constraint="spectral")
     >>> out, h = rnn(torch.randn(5, 2, 3))
@@ -47,6 +57,9 @@ class SpectralRNN(RecurrentLayer):
         constraint_options: dict[str, Any] | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        init: str = "torch",
+        chrono_init: int | None = None,
+        constrained_gates: Sequence[str] | None = None,
     ) -> None:
         self.nonlinearity = nonlinearity
         super().__init__(
@@ -61,6 +74,9 @@ class SpectralRNN(RecurrentLayer):
             constraint_options,
             device,
             dtype,
+            init,
+            chrono_init,
+            constrained_gates,
         )
 
 
@@ -80,6 +96,9 @@ class SpectralGRU(RecurrentLayer):
         constraint_options: dict[str, Any] | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        init: str = "torch",
+        chrono_init: int | None = None,
+        constrained_gates: Sequence[str] | None = None,
     ) -> None:
         super().__init__(
             "gru",
@@ -93,6 +112,9 @@ class SpectralGRU(RecurrentLayer):
             constraint_options,
             device,
             dtype,
+            init,
+            chrono_init,
+            constrained_gates,
         )
 
 
@@ -113,6 +135,9 @@ class SpectralLSTM(RecurrentLayer):
         constraint_options: dict[str, Any] | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        init: str = "torch",
+        chrono_init: int | None = None,
+        constrained_gates: Sequence[str] | None = None,
     ) -> None:
         super().__init__(
             "lstm",
@@ -126,4 +151,7 @@ class SpectralLSTM(RecurrentLayer):
             constraint_options,
             device,
             dtype,
+            init,
+            chrono_init,
+            constrained_gates,
         )

@@ -13,12 +13,22 @@ import torch
 from torch import _VF, Tensor
 from torch.nn import functional as F
 
-__all__ = ["FUSED", "GATES", "STEPS", "State"]
+from .modrelu import modrelu_step
+
+__all__ = ["FUSED", "GATES", "GATE_NAMES", "STEPS", "State"]
 
 State = Tensor | tuple[Tensor, Tensor]
 
 #: Gate blocks stacked in the recurrent matrix of each mode.
-GATES = {"rnn_tanh": 1, "rnn_relu": 1, "gru": 3, "lstm": 4}
+GATES = {"rnn_tanh": 1, "rnn_relu": 1, "rnn_modrelu": 1, "gru": 3, "lstm": 4}
+#: Names of the gate blocks, in torch's stacking order.
+GATE_NAMES = {
+    "rnn_tanh": ("h",),
+    "rnn_relu": ("h",),
+    "rnn_modrelu": ("h",),
+    "gru": ("r", "z", "n"),
+    "lstm": ("i", "f", "g", "o"),
+}
 # Each takes the precomputed input projection gi = x_t @ W_ih^T + b_ih (B, G*H) and the state.
 
 
@@ -56,6 +66,7 @@ STEPS: dict[str, Callable[..., Any]] = {
     "rnn_relu": _rnn_relu_step,
     "gru": _gru_step,
     "lstm": _lstm_step,
+    "rnn_modrelu": modrelu_step,  # takes the modReLU bias as a fifth argument
 }
 
 FUSED = {"rnn_tanh": _VF.rnn_tanh, "rnn_relu": _VF.rnn_relu, "gru": _VF.gru, "lstm": _VF.lstm}
