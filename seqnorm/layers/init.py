@@ -186,8 +186,7 @@ def chrono_init_(
         )
     if bias_hh is not None and bias_hh.shape != bias_ih.shape:
         raise ValueError(
-            f"bias_hh must have bias_ih's shape {tuple(bias_ih.shape)}, "
-            f"got {tuple(bias_hh.shape)}"
+            f"bias_hh must have bias_ih's shape {tuple(bias_ih.shape)}, got {tuple(bias_hh.shape)}"
         )
     H = bias_ih.shape[0] // G
     b = torch.log(_uniform(H, 1.0, float(t_max - 1), generator))  # (H,) in [0, log(t_max-1)]
