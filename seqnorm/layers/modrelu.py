@@ -13,8 +13,8 @@ it); :func:`modrelu_rnn` runs the whole sequence as one ``torch.autograd.Functio
 backward is one reverse loop for ``dL/dh`` and a single matmul for ``dL/dW_hh``.
 
 >>> import torch
->>> modrelu(torch.tensor([-2.0, -0.5, 0.5, 2.0]), torch.tensor([-1.0, -1.0, 1.0, 1.0]))
-tensor([-1.,  0.,  1.,  3.])
+>>> modrelu(torch.tensor([-2.0, 0.5, 0.5, 2.0]), torch.tensor([-1.0, -1.0, 1.0, 1.0])).tolist()
+[-1.0, 0.0, 1.5, 3.0]
 """
 
 from __future__ import annotations
