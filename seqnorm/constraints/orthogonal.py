@@ -76,8 +76,11 @@ class Orthogonal(nn.Module):
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
 
     def _map(self, Ab: Tensor) -> Tensor:
-        S = skew(Ab)  # (k, n, n)
-        return torch.matrix_exp(S) if self.map == "exp" else _cayley(S)
+        # In float64: after a large step skew(A) can have a large norm, and float32's
+        # exp/Cayley then drift from orthogonal by ~1e-4. Per call, not per time step.
+        S = skew(Ab.to(torch.float64))  # (k, n, n)
+        Q = torch.matrix_exp(S) if self.map == "exp" else _cayley(S)
+        return Q.to(Ab.dtype)
 
     def forward(self, A: Tensor) -> Tensor:
         if self.training and torch.is_grad_enabled() and A.device.type != "meta":
@@ -86,7 +89,7 @@ class Orthogonal(nn.Module):
                     self.rebase(A)
             self.steps += 1
         Ab = as_blocks(A, self.blocks)  # (k, n, n)
-        return (self.base.to(A.dtype) @ self._map(Ab)).reshape_as(A)
+        return (self.base.to(A.dtype) @ self._map(Ab)).reshape_as(A)  # (k*n, n)
 
     @torch.no_grad()
     def rebase(self, A: Tensor) -> None:
