@@ -36,12 +36,10 @@ from pytorch_lightning.utilities.model_helpers import is_overridden
 from torch import Tensor
 
 from . import plots
-from .model import GATE_NAMES
 from .probes import find_layers, hidden_grad_norms, summarize, weight_spectrum
 
 __all__ = ["GradientFlowMonitor", "SpectrumMonitor"]
 
-_CELL = {"rnn_tanh": "rnn", "rnn_relu": "rnn", "gru": "gru", "lstm": "lstm"}
 
 
 def _is_wandb(logger: Any) -> bool:
@@ -291,7 +289,7 @@ class GradientFlowMonitor(_Monitor):
         bound = 1.0
         self._labels = []
         for prefix, layer, spec in spectra:
-            gates = GATE_NAMES[_CELL[layer.mode]]
+            gates = layer.gate_names
             for k, sigmas in enumerate(spec["sigma_max"].tolist()):
                 self._labels.append(f"{prefix}l{k}")
                 for gate, s in zip(gates, sigmas, strict=True):
@@ -365,7 +363,7 @@ class SpectrumMonitor(_Monitor):
         rows = []
         self._names = []
         for prefix, layer, spec in spectra:
-            gates = GATE_NAMES[_CELL[layer.mode]]
+            gates = layer.gate_names
             self._names.append((prefix, gates))
             s = spec["singular_values"]  # (L, G, H)
             for k in range(s.shape[0]):

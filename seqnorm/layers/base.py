@@ -16,7 +16,7 @@ from ..constraints import constrain
 from .args import check_common, check_recurrent_init, gate_indices
 from .init import chrono_init_, init_recurrent_
 from .modrelu import modrelu_rnn
-from .steps import FUSED, GATES, STEPS, State
+from .steps import FUSED, GATE_NAMES, GATES, STEPS, State
 
 __all__ = ["RecurrentLayer"]
 
@@ -110,6 +110,11 @@ class RecurrentLayer(nn.Module):
     def gates(self) -> int:
         """Number of gate blocks stacked in each ``weight_hh_l{k}`` (1, 3 or 4)."""
         return GATES[self.mode]
+
+    @property
+    def gate_names(self) -> tuple[str, ...]:
+        """Names of the gate blocks of ``weight_hh_l{k}`` in torch's order (``("r", "z", "n")``)."""
+        return GATE_NAMES[self.mode]
 
     def _weights(self) -> list[Tensor]:
         names = ["weight_ih_l{}", "weight_hh_l{}"] + (
