@@ -1,4 +1,4 @@
-"""The headline (`make demo`): on the copy task, a norm-preserving RNN remembers; tanh and GRU don't.
+"""The headline (`make demo`): on copy, a norm-preserving RNN remembers; tanh and GRU don't.
 
 Three runs on copy memory (remember 10 symbols across T blanks, T=100 by default), each
 trained the same number of steps with the public API only (the layers,
@@ -156,7 +156,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     print(
-        f"copy task, T={args.seq_len}, H={args.hidden}, batch {args.batch}, {args.steps} steps each; "
+        f"copy task, T={args.seq_len}, H={args.hidden}, batch {args.batch}, "
+        f"{args.steps} steps each; "
         f"baseline 10 ln 8 / (T + 20) = {10 * math.log(8) / (args.seq_len + 20):.4f}",
         flush=True,
     )
