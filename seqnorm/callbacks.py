@@ -290,10 +290,10 @@ class GradientFlowMonitor(_Monitor):
         self._labels = []
         for prefix, layer, spec in spectra:
             gates = layer.gate_names
-            for k, sigmas in enumerate(spec["sigma_max"].tolist()):
-                self._labels.append(f"{prefix}l{k}")
+            for unit, sigmas in zip(layer.unit_names, spec["sigma_max"].tolist(), strict=True):
+                self._labels.append(f"{prefix}{unit}")
                 for gate, s in zip(gates, sigmas, strict=True):
-                    metrics[f"probe/sigma_max/{prefix}l{k}/{gate}"] = s
+                    metrics[f"probe/sigma_max/{prefix}{unit}/{gate}"] = s
             bound *= float(spec["lipschitz_bound"])
         metrics["probe/lipschitz_bound"] = bound
         self.history.append((step, norms))
@@ -365,13 +365,13 @@ class SpectrumMonitor(_Monitor):
         for prefix, layer, spec in spectra:
             gates = layer.gate_names
             self._names.append((prefix, gates))
-            s = spec["singular_values"]  # (L, G, H)
-            for k in range(s.shape[0]):
+            s = spec["singular_values"]  # (units, G, H)
+            for k, unit in enumerate(layer.unit_names):
                 for g, gate in enumerate(gates):
-                    key = f"{prefix}l{k}/{gate}"
+                    key = f"{prefix}{unit}/{gate}"
                     metrics[f"probe/sigma_min/{key}"] = float(s[k, g, -1])
                     metrics[f"probe/stable_rank/{key}"] = float(spec["stable_rank"][k, g])
-                    rows += [[step, f"{prefix}l{k}", gate, i, v] for i, v in
+                    rows += [[step, f"{prefix}{unit}", gate, i, v] for i, v in
                              enumerate(s[k, g].tolist())]  # fmt: skip
         self.history.append((step, [spec["singular_values"] for _, _, spec in spectra]))
         self._log_metrics(trainer, metrics, step)

@@ -93,7 +93,7 @@ def test_record_hidden_states_restores_recorder_even_on_error() -> None:
     gru = SpectralGRU(3, 4)
     with pytest.raises(RuntimeError, match="boom"), record_hidden_states(gru):
         raise RuntimeError("boom")
-    assert gru._state_recorder is None
+    assert not gru.is_recording
 
 
 def test_find_layers_in_module_order() -> None:
@@ -117,7 +117,7 @@ def test_layer_called_twice_raises() -> None:
     model.forward = twice
     with pytest.raises(ValueError, match="exactly once"):
         hidden_grad_norms(model, (torch.randn(4, 2, 3), None), lambda o, t: o.sum())
-    assert rnn._state_recorder is None
+    assert not rnn.is_recording
 
 
 def test_bad_batch_raises() -> None:
@@ -148,7 +148,7 @@ def test_probe_keeps_mode_buffers_and_grads() -> None:
         p.grad = torch.ones_like(p)
     hidden_grad_norms(model, (torch.randn(2, 6, 3), torch.randint(0, 4, (2, 6))), per_step_ce)
     assert model.training and model.rnn.training
-    assert model.rnn._state_recorder is None
+    assert not model.rnn.is_recording
     for k, v in model.state_dict().items():  # power-iteration vectors restored
         assert torch.equal(v, before[k]), k
     assert all(torch.equal(p.grad, torch.ones_like(p)) for p in model.parameters())

@@ -1,9 +1,12 @@
 """Spectrally constrained recurrent layers and cells with ``torch.nn`` call conventions.
 
 ``SpectralRNN/GRU/LSTM`` take the constructor arguments and inputs of ``torch.nn.RNN/GRU/
-LSTM`` (parameters are named the same, so their ``state_dict`` keys match when
-``constraint="none"``), plus ``constraint`` and ``constraint_options``. The constraint is a
-parametrization of every ``weight_hh_l{k}``, applied per gate block.
+LSTM`` (``bidirectional``, ``proj_size`` and ``PackedSequence`` input included; parameters
+are named the same, so their ``state_dict`` keys match when ``constraint="none"``), plus
+seqnorm's ``constraint``, ``constraint_options``, ``init``, ``chrono_init`` and
+``constrained_gates``. The constraint is a parametrization of every ``weight_hh_l{k}`` (and
+``..._reverse``), applied per gate block. ``from_torch``/``to_torch`` convert from and to
+torch's own modules.
 
 Two paths compute the same thing:
 
@@ -11,16 +14,21 @@ Two paths compute the same thing:
   constrained matrices computed once per call;
 * the unrolled path (``layer.unroll = True``) steps the cell equations one time step at a
   time, so that every hidden state is its own autograd node (the gradient probes need
-  ``dL/dh_t`` for every ``t``). The cells ``Spectral*Cell`` use the same step functions.
+  ``dL/dh_t`` for every ``t``; ``layer.recording()`` hands them out). The cells
+  ``Spectral*Cell`` use the same step functions.
 """
 
+from .args import InputError
 from .base import RecurrentLayer
 from .cells import RecurrentCell, SpectralGRUCell, SpectralLSTMCell, SpectralRNNCell
+from .module import RecurrentModule
 from .sequence import SpectralGRU, SpectralLSTM, SpectralRNN
 
 __all__ = [
+    "InputError",
     "RecurrentCell",
     "RecurrentLayer",
+    "RecurrentModule",
     "SpectralGRU",
     "SpectralGRUCell",
     "SpectralLSTM",

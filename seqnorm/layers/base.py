@@ -1,28 +1,52 @@
-"""The machinery shared by the sequence layers: parameters, input checks, both code paths."""
+"""The sequence layers' shared machinery: torch's layer arguments, input checks, forward."""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-from functools import partial
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
-from torch import _VF, Tensor, nn
-from torch.nn import functional as F
+from torch import Tensor
 from torch.nn.utils import parametrize
+from torch.nn.utils.rnn import PackedSequence
 
-from ..constraints import constrain
-from .args import check_common, check_recurrent_init, gate_indices
-from .init import chrono_init_, init_recurrent_
-from .modrelu import modrelu_rnn
-from .steps import FUSED, GATE_NAMES, GATES, STEPS, State
+from . import paths
+from .args import InputError, check_dropout, check_flag, check_proj_size, check_size
+from .module import RecurrentModule
+from .steps import State
 
 __all__ = ["RecurrentLayer"]
 
+#: The hidden states of one forward call: per unit (``h_n``'s order), ``T`` tensors.
+Record = list[list[Tensor]]
 
-class RecurrentLayer(nn.Module):
-    """Shared implementation of the sequence layers (see the module docstring)."""
+
+class RecurrentLayer(RecurrentModule):
+    """A sequence layer: torch's ``nn.RNN/GRU/LSTM`` arguments, inputs and outputs.
+
+    Two paths compute the same thing: the fused path (default) calls torch's own kernels
+    (cuDNN on a GPU; seqnorm's own whole-sequence kernel for modReLU) with the constrained
+    matrices computed once per call; the unrolled path (``layer.unroll = True``) steps the
+    cell equations, so that every hidden state is its own autograd node.
+
+    Args:
+        mode: ``rnn_tanh``, ``rnn_relu``, ``rnn_modrelu``, ``gru`` or ``lstm``.
+        input_size: features per time step of the input.
+        hidden_size: features of the hidden state.
+        num_layers: stacked recurrent layers.
+        bias: whether the layer has ``bias_ih``/``bias_hh``.
+        batch_first: input and output are ``(B, T, F)`` instead of ``(T, B, F)``.
+        dropout: dropout on the outputs of every layer but the last (training only).
+        bidirectional: a second, reverse-time direction per layer (torch's ``..._reverse``
+            parameters, constrained like the forward ones); outputs are concatenated.
+        proj_size: LSTM only: project the hidden state to this many features
+            (``weight_hr_l{k}``); the constraint then acts on the recurrent map
+            ``W_hh @ W_hr`` of every gate (see :mod:`seqnorm.layers.projection`).
+        **kwargs: seqnorm's arguments (``constraint``, ``constraint_options``, ``init``,
+            ``chrono_init``, ``constrained_gates``) and ``device``, ``dtype``: see
+            :class:`~seqnorm.layers.module.RecurrentModule`.
+    """
 
     def __init__(
         self,
@@ -33,258 +57,235 @@ class RecurrentLayer(nn.Module):
         bias: bool = True,
         batch_first: bool = False,
         dropout: float = 0.0,
-        constraint: str = "spectral",
-        constraint_options: dict[str, Any] | None = None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-        init: str = "torch",
-        chrono_init: int | None = None,
-        constrained_gates: Sequence[str] | None = None,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
-        options = dict(constraint_options or {})
-        check_common(input_size, hidden_size, constraint, options)
-        check_recurrent_init(mode, init, chrono_init)
-        gate_idx = gate_indices(mode, constrained_gates)
-        if chrono_init is not None and not bias:
-            raise ValueError("chrono_init sets gate biases: it needs bias=True")
-        if not isinstance(num_layers, int) or isinstance(num_layers, bool) or num_layers < 1:
-            raise ValueError(f"num_layers must be an int >= 1, got {num_layers!r}")
-        if not isinstance(dropout, (int, float)) or not 0 <= dropout <= 1:
-            raise ValueError(f"dropout must be a number in [0, 1], got {dropout!r}")
-        self.mode = mode
-        self.input_size = input_size
-        self.hidden_size = hidden_size
-        self.num_layers = num_layers
-        self.bias = bias
-        self.batch_first = batch_first
-        self.dropout = float(dropout)
-        self.constraint = constraint
-        self.constraint_options = options
-        self.init = init
-        self.chrono_init = chrono_init
-        self.constrained_gates = None if constrained_gates is None else list(constrained_gates)
+        check_size("num_layers", num_layers)
+        check_flag("batch_first", batch_first)
+        check_flag("bidirectional", bidirectional)
+        check_dropout(dropout, num_layers)
+        check_proj_size(mode, proj_size, hidden_size)
+        # Plain attributes, set before nn.Module.__init__ because the parameters depend on them.
+        self.num_layers, self.batch_first, self.dropout = num_layers, batch_first, float(dropout)
+        self.bidirectional, self.proj_size = bidirectional, proj_size
+        super().__init__(mode, input_size, hidden_size, bias, **kwargs)
         #: Use the unrolled (per-step) path instead of torch's fused kernel.
         self.unroll = False
-        # Set by seqnorm.probes while recording hidden states; None otherwise.
-        self._state_recorder: list[list[list[Tensor]]] | None = None
-        gates = GATES[mode]
-        kw = {"device": device, "dtype": dtype}
-        for k in range(num_layers):
-            in_k = input_size if k == 0 else hidden_size
-            self.register_parameter(
-                f"weight_ih_l{k}", nn.Parameter(torch.empty(gates * hidden_size, in_k, **kw))
-            )
-            self.register_parameter(
-                f"weight_hh_l{k}",
-                nn.Parameter(torch.empty(gates * hidden_size, hidden_size, **kw)),
-            )
-            if bias:
-                for n in ("ih", "hh"):
-                    self.register_parameter(
-                        f"bias_{n}_l{k}", nn.Parameter(torch.empty(gates * hidden_size, **kw))
-                    )
-        self._reset_raw()
-        for k in range(num_layers):
-            if mode == "rnn_modrelu":  # modReLU's bias, one per unit: U(-0.01, 0.01)
-                b = torch.empty(hidden_size, **kw).uniform_(-0.01, 0.01)
-                self.register_parameter(f"modrelu_bias_l{k}", nn.Parameter(b))
-            init_recurrent_(getattr(self, f"weight_hh_l{k}"), init, blocks=gates)
-            if chrono_init is not None:
-                chrono_init_(
-                    getattr(self, f"bias_ih_l{k}"),
-                    getattr(self, f"bias_hh_l{k}"),
-                    mode,
-                    chrono_init,
-                )
-            constrain(self, f"weight_hh_l{k}", constraint, blocks=gates, gates=gate_idx, **options)
-
-    @torch.no_grad()
-    def _reset_raw(self) -> None:
-        # torch.nn.RNN's initialisation: U(-1/sqrt(H), 1/sqrt(H)) for every weight.
-        stdv = 1.0 / math.sqrt(self.hidden_size)
-        for p in self.parameters():
-            p.uniform_(-stdv, stdv)
+        self._records: list[Record] | None = None
 
     @property
-    def gates(self) -> int:
-        """Number of gate blocks stacked in each ``weight_hh_l{k}`` (1, 3 or 4)."""
-        return GATES[self.mode]
+    def num_directions(self) -> int:
+        """2 for a bidirectional layer, 1 otherwise."""
+        return 2 if self.bidirectional else 1
+
+    def _units(self) -> list[tuple[str, int]]:
+        width = self.num_directions * (self.proj_size or self.hidden_size)
+        return [
+            (f"_l{k}{'_reverse' if d else ''}", self.input_size if k == 0 else width)
+            for k in range(self.num_layers)
+            for d in range(self.num_directions)
+        ]
 
     @property
-    def gate_names(self) -> tuple[str, ...]:
-        """Names of the gate blocks of ``weight_hh_l{k}`` in torch's order (``("r", "z", "n")``)."""
-        return GATE_NAMES[self.mode]
-
-    def _weights(self) -> list[Tensor]:
-        names = ["weight_ih_l{}", "weight_hh_l{}"] + (
-            ["bias_ih_l{}", "bias_hh_l{}"] if self.bias else []
-        )
-        return [getattr(self, n.format(k)) for k in range(self.num_layers) for n in names]
+    def unit_names(self) -> list[str]:
+        """One name per unit in ``h_n``'s order: ``l0``, ``l0_reverse``, ``l1``, ..."""
+        return [suffix[1:] for suffix, _ in self._units()]
 
     def flatten_parameters(self) -> None:
         """No-op, so code written for ``torch.nn.RNN/GRU/LSTM`` (which compacts weights for
         cuDNN here) runs unchanged: the constrained weights are recomputed every call."""
 
+    # -- hidden-state recording --------------------------------------------------------------
     @property
-    def all_weights(self) -> list[list[Tensor]]:
-        """Per layer ``[weight_ih, weight_hh, bias_ih, bias_hh]`` as ``torch.nn.RNN`` lists
-        them; ``weight_hh`` is the constrained matrix."""
-        w, per = self._weights(), 4 if self.bias else 2
-        return [w[k * per : (k + 1) * per] for k in range(self.num_layers)]
+    def is_recording(self) -> bool:
+        """Whether the layer is inside :meth:`recording`."""
+        return self._records is not None
 
-    # -- input checking -----------------------------------------------------------------
-    def _check_input(self, x: Tensor, hx: State | None) -> tuple[Tensor, State, bool]:
-        """Return time-major batched input (T, B, I), initial state, and whether batched."""
+    @contextmanager
+    def recording(self) -> Iterator[list[Record]]:
+        """Record every hidden state of every forward call made inside the block.
+
+        Inside, the layer runs its unrolled path, so each hidden state is its own autograd
+        node (``torch.autograd.grad`` can take ``dL/dh[t]``). The yielded list gets one entry
+        per call: per unit, in ``h_n``'s order (``l0``, ``l0_reverse``, ``l1``, ...), the
+        states ``h[0..T-1]`` in time order, each ``(B, R)`` (``R = proj_size or
+        hidden_size``; for packed input ``(batch_sizes[t], R)``, sorted by length). For the
+        reverse direction ``h[t]`` is its state after reading ``x[t]``.
+
+        Raises:
+            RuntimeError: if the layer is already recording.
+
+        >>> import torch
+        >>> from seqnorm import SpectralGRU
+        >>> gru = SpectralGRU(3, 4, bidirectional=True)
+        >>> with gru.recording() as calls:
+        ...     out, _ = gru(torch.randn(5, 2, 3))
+        >>> (rows,) = calls  # one call: rows l0, l0_reverse
+        >>> len(rows), len(rows[1]), bool((rows[1][0] == out[0, :, 4:]).all())
+        (2, 5, True)
+        """
+        if self._records is not None:
+            raise RuntimeError(f"this {type(self).__name__} is already recording")
+        self._records = []
+        try:
+            yield self._records
+        finally:
+            self._records = None
+
+    # -- input checking -------------------------------------------------------------------
+    def _check_input(self, x: Any, packed: bool) -> None:
         if not isinstance(x, Tensor):
-            raise TypeError(f"input must be a Tensor, got {type(x).__name__}")
-        if x.dim() not in (2, 3):
-            raise ValueError(
-                f"input must be 2-D (unbatched: T, input_size) or 3-D (batched), "
-                f"got {x.dim()}-D with shape {tuple(x.shape)}"
-            )
+            raise TypeError(f"input must be a Tensor or a PackedSequence, got {type(x).__name__}")
+        dims = (2,) if packed else (2, 3)
+        if x.dim() not in dims:
+            what = "packed data must be 2-D (N, input_size)" if packed else (
+                "input must be 2-D (unbatched: T, input_size) or 3-D (batched)")  # fmt: skip
+            raise InputError(f"{what}, got {x.dim()}-D with shape {tuple(x.shape)}")
         if x.shape[-1] != self.input_size:
-            raise ValueError(
+            raise InputError(
                 f"input.size(-1) must equal input_size={self.input_size}, "
                 f"got shape {tuple(x.shape)}"
             )
+        dtype = self.weight_ih_l0.dtype
         if not x.is_floating_point():
-            raise TypeError(f"input must be a floating-point tensor, got dtype {x.dtype}")
-        batched = x.dim() == 3
-        if not batched:
-            x = x.unsqueeze(1)  # (T, 1, I)
-        elif self.batch_first:
-            x = x.transpose(0, 1)  # (T, B, I)
-        B = x.shape[1]
-        expect = (self.num_layers, B, self.hidden_size)
-        if hx is None:
-            h0 = x.new_zeros(expect)
-            state: State = (h0, h0.clone()) if self.mode == "lstm" else h0
-            return x, state, batched
+            raise InputError(f"input must be a floating-point tensor ({dtype}), got {x.dtype}")
+        if x.dtype != dtype:
+            raise InputError(
+                f"input dtype ({x.dtype}) does not match the layer's weight dtype ({dtype}). "
+                f"Convert input: input.to({dtype}), or convert model: model.to({x.dtype})"
+            )
+        if not packed and x.shape[0 if x.dim() == 2 or not self.batch_first else 1] == 0:
+            raise InputError("Expected sequence length to be larger than 0 in RNN")
 
-        def fix(t: Tensor, what: str) -> Tensor:
+    def _initial_state(self, hx: Any, x: Tensor, B: int, batched: bool) -> State:
+        """``hx`` checked and batched ``(L*D, B, ·)``, or zeros."""
+        LD, H, R = self.num_layers * self.num_directions, self.hidden_size, self.proj_size
+        shapes = {"h_0": (LD, B, R or H), "c_0": (LD, B, H)}
+        lstm = self.mode == "lstm"
+        if hx is None:
+            zeros = {k: x.new_zeros(s) for k, s in shapes.items()}
+            return (zeros["h_0"], zeros["c_0"]) if lstm else zeros["h_0"]
+        if lstm and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+            raise TypeError(f"hx must be a tuple (h_0, c_0) for an LSTM, got {type(hx).__name__}")
+        if not lstm and isinstance(hx, (tuple, list)):
+            raise TypeError("hx must be a Tensor h_0 (a tuple is only for an LSTM)")
+
+        def fix(t: Any, what: str) -> Tensor:
             if not isinstance(t, Tensor):
                 raise TypeError(f"{what} must be a Tensor, got {type(t).__name__}")
-            want = expect if batched else expect[::2]
+            want = shapes["c_0" if what == "c_0" else "h_0"]
+            want = want if batched else want[::2]
             if tuple(t.shape) != want:
-                raise ValueError(
-                    f"{what} must have shape {want} (num_layers, "
-                    f"{'batch, ' if batched else ''}hidden_size), got {tuple(t.shape)}"
-                )
+                dims = f"num_layers * num_directions, {'batch, ' if batched else ''}features"
+                raise InputError(f"{what} must have shape {want} ({dims}), got {tuple(t.shape)}")
+            if t.dtype != x.dtype:
+                raise InputError(f"{what} dtype ({t.dtype}) must match the input's ({x.dtype})")
             return t if batched else t.unsqueeze(1)
 
-        if self.mode == "lstm":
-            if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
-                raise TypeError("hx must be a tuple (h_0, c_0) for an LSTM")
-            state = (fix(hx[0], "h_0"), fix(hx[1], "c_0"))
-        else:
-            if isinstance(hx, (tuple, list)):
-                raise TypeError("hx must be a Tensor h_0 (a tuple is only for an LSTM)")
-            state = fix(hx, "hx")
-        return x, state, batched
+        return (fix(hx[0], "h_0"), fix(hx[1], "c_0")) if lstm else fix(hx, "hx")
 
-    # -- forward ----------------------------------------------------------------------------
-    def forward(self, input: Tensor, hx: State | None = None) -> tuple[Tensor, State]:
-        """Run the layer over a sequence.
+    # -- forward --------------------------------------------------------------------------
+    def forward(
+        self, input: Tensor | PackedSequence, hx: State | None = None
+    ) -> tuple[Tensor | PackedSequence, State]:
+        """Run the layer over a sequence, as torch's layer does.
 
         Args:
-            input: ``(T, B, input_size)`` (``(B, T, input_size)`` with ``batch_first``) or
-                unbatched ``(T, input_size)``.
-            hx: initial state ``(num_layers, B, hidden_size)`` (``(num_layers, hidden_size)``
-                unbatched), a pair ``(h_0, c_0)`` for an LSTM; zeros when omitted.
+            input: ``(T, B, input_size)`` (``(B, T, input_size)`` with ``batch_first``),
+                unbatched ``(T, input_size)``, or a :class:`~torch.nn.utils.rnn.PackedSequence`
+                (sorted or not).
+            hx: initial state ``(num_layers * num_directions, B, R)`` with ``R = proj_size
+                or hidden_size`` (unbatched: no ``B``); for an LSTM a pair ``(h_0, c_0)``,
+                ``c_0`` with ``hidden_size`` features. Zeros when omitted. For packed input,
+                in the batch's original order.
 
         Returns:
-            ``(output, h_n)``, or ``(output, (h_n, c_n))`` for an LSTM, shaped like torch's.
+            ``(output, h_n)``, or ``(output, (h_n, c_n))`` for an LSTM, shaped like torch's:
+            output ``(T, B, D*R)`` (a ``PackedSequence`` for packed input), ``h_n`` the state
+            of every unit at each sequence's own last step.
         """
-        x, state, batched = self._check_input(input, hx)
-        with parametrize.cached():  # constrained matrices computed once for this call
-            weights = self._weights()
-            if self.unroll or self._state_recorder is not None:
-                out, state, states = self._unrolled(x, state, weights)
-                if self._state_recorder is not None:
-                    self._state_recorder.append(states)
-            else:
-                out, state = self._fused(x, state, weights)
+        if torch.jit.is_tracing():
+            raise RuntimeError(
+                f"{type(self).__name__} cannot be traced (its constraint is a cached "
+                f"parametrization): trace layer.to_torch(), a plain {self.torch_class.__name__} "
+                f"with the constrained weights"
+            )
+        packed = isinstance(input, PackedSequence)
+        if packed:
+            data, batch_sizes, sorted_idx, unsorted_idx = input
+            self._check_input(data, packed=True)
+            state = self._initial_state(hx, data, int(batch_sizes[0]), batched=True)
+            if sorted_idx is not None:
+                state = _permute(state, sorted_idx)
+            x, batched = data, True
+        else:
+            batch_sizes = unsorted_idx = None
+            self._check_input(input, packed=False)
+            batched = input.dim() == 3
+            x = input if not batched or not self.batch_first else input.transpose(0, 1)
+            x = x if batched else x.unsqueeze(1)  # (T, B, I)
+            state = self._initial_state(hx, x, x.shape[1], batched)
+        out, state = self._run(x, batch_sizes, state)
+        if packed:
+            out = PackedSequence(out, batch_sizes, sorted_idx, unsorted_idx)
+            return out, _permute(state, unsorted_idx) if unsorted_idx is not None else state
         if not batched:
             out = out.squeeze(1)
-            state = tuple(s.squeeze(1) for s in state) if self.mode == "lstm" else state.squeeze(1)
-        elif self.batch_first:
-            out = out.transpose(0, 1)
-        return out, state
+            return out, tuple(
+                s.squeeze(1) for s in state
+            ) if self.mode == "lstm" else state.squeeze(1)
+        return (out.transpose(0, 1) if self.batch_first else out), state
 
-    def _fused(self, x: Tensor, state: State, weights: list[Tensor]) -> tuple[Tensor, State]:
-        if self.mode == "rnn_modrelu":
-            return self._fused_modrelu(x, state, weights)
-        args = (weights, self.bias, self.num_layers, self.dropout, self.training, False, False)
-        if self.mode == "lstm":
-            out, h, c = _VF.lstm(x, state, *args)
-            return out, (h, c)
-        out, h = FUSED[self.mode](x, state, *args)
-        return out, h
+    def _run(self, x: Tensor, batch_sizes: Tensor | None, state: State) -> tuple[Tensor, State]:
+        """``x``: ``(T, B, I)``, or packed data ``(N, I)`` with ``batch_sizes``."""
+        layout = paths.Layout(self.mode, self.num_layers, self.num_directions, self.bias,
+                              self.proj_size > 0, self.dropout, self.training)  # fmt: skip
+        modrelu = self.mode == "rnn_modrelu"
+        with parametrize.cached():  # constrained matrices computed once for this call
+            flat = self._flat_weights
+            if not (
+                self.unroll or self._records is not None or (modrelu and batch_sizes is not None)
+            ):
+                if not modrelu:
+                    return paths.fused(layout, x, batch_sizes, state, flat)
+                return paths.fused_modrelu(
+                    layout, x, state, paths.units(layout, flat, self._extras())
+                )
+            if batch_sizes is None:
+                T, B = x.shape[:2]
+                sizes, data = [B] * T, x.reshape(T * B, x.shape[-1])
+            else:
+                sizes, data = batch_sizes.tolist(), x
+            units = paths.units(layout, flat, self._extras())
+            out, state, rows = paths.unrolled(layout, data, sizes, state, units)
+        if self._records is not None:
+            self._records.append(rows)
+        return (out if batch_sizes is not None else out.reshape(*x.shape[:2], out.shape[-1])), state
 
-    def _fused_modrelu(
-        self, x: Tensor, state: Tensor, weights: list[Tensor]
-    ) -> tuple[Tensor, Tensor]:
-        """modReLU has no torch kernel: one whole-sequence autograd Function per layer."""
-        per = 4 if self.bias else 2
-        layer_in, h_last = x, []  # (T, B, I)
-        for k in range(self.num_layers):
-            w_ih, w_hh, *b = weights[k * per : (k + 1) * per]
-            b_ih, b_hh = (b[0], b[1]) if b else (None, None)
-            gi = F.linear(layer_in, w_ih, b_ih)  # (T, B, H): one matmul for all t
-            out = modrelu_rnn(gi, state[k], w_hh, b_hh, getattr(self, f"modrelu_bias_l{k}"))
-            h_last.append(out[-1] if out.shape[0] else state[k])
-            layer_in = out  # (T, B, H)
-            if self.dropout and self.training and k < self.num_layers - 1:
-                layer_in = F.dropout(layer_in, self.dropout, training=True)
-        return layer_in, torch.stack(h_last)  # (T, B, H), (L, B, H)
-
-    def _unrolled(
-        self, x: Tensor, state: State, weights: list[Tensor]
-    ) -> tuple[Tensor, State, list[list[Tensor]]]:
-        """Step the cell equations; returns output (T, B, H), final state, and per layer
-        the list of hidden states h_1..h_T, each its own autograd node."""
-        per = 4 if self.bias else 2
-        lstm = self.mode == "lstm"
-        layer_in = x  # (T, B, I)
-        all_states: list[list[Tensor]] = []
-        h_last, c_last = [], []
-        for k in range(self.num_layers):
-            w_ih, w_hh, *b = weights[k * per : (k + 1) * per]
-            b_ih, b_hh = (b[0], b[1]) if b else (None, None)
-            gi = F.linear(layer_in, w_ih, b_ih).unbind(0)  # T x (B, G*H): one matmul for all t
-            step = STEPS[self.mode]
-            if self.mode == "rnn_modrelu":
-                step = partial(step, bias=getattr(self, f"modrelu_bias_l{k}"))
-            s: State = (state[0][k], state[1][k]) if lstm else state[k]
-            hs: list[Tensor] = []
-            for gi_t in gi:
-                s = step(gi_t, s, w_hh, b_hh)
-                hs.append(s[0] if lstm else s)
-            all_states.append(hs)
-            h_last.append(s[0] if lstm else s)
-            if lstm:
-                c_last.append(s[1])
-            layer_in = torch.stack(hs)  # (T, B, H)
-            if self.dropout and self.training and k < self.num_layers - 1:
-                layer_in = F.dropout(layer_in, self.dropout, training=True)
-        h_n = torch.stack(h_last)  # (L, B, H)
-        final: State = (h_n, torch.stack(c_last)) if lstm else h_n
-        return layer_in, final, all_states
+    def _extras(self) -> list[Tensor]:
+        if self.mode != "rnn_modrelu":
+            return []
+        return [getattr(self, f"modrelu_bias{suffix}") for suffix, _ in self._units()]
 
     def extra_repr(self) -> str:
-        s = f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.proj_size:
+            s += f", proj_size={self.proj_size}"
+        s += f", num_layers={self.num_layers}"
         if not self.bias:
             s += ", bias=False"
         if self.batch_first:
             s += ", batch_first=True"
         if self.dropout:
             s += f", dropout={self.dropout}"
-        s += f", constraint={self.constraint!r}"
-        if self.init != "torch":
-            s += f", init={self.init!r}"
-        if self.chrono_init is not None:
-            s += f", chrono_init={self.chrono_init}"
-        if self.constrained_gates is not None:
-            s += f", constrained_gates={self.constrained_gates}"
-        return s
+        if self.bidirectional:
+            s += ", bidirectional=True"
+        return s + super().extra_repr()
+
+
+def _permute(state: State, index: Tensor) -> State:
+    """Reorder the batch dimension of a state (torch's ``permute_hidden``)."""
+    if isinstance(state, tuple):
+        return tuple(s.index_select(1, index) for s in state)
+    return state.index_select(1, index)

@@ -1,11 +1,17 @@
-"""The sequence layers ``SpectralRNN``, ``SpectralGRU`` and ``SpectralLSTM``."""
+"""The sequence layers ``SpectralRNN``, ``SpectralGRU`` and ``SpectralLSTM``.
+
+Each takes torch's arguments in torch's order, then seqnorm's (see
+:class:`~seqnorm.layers.base.RecurrentLayer` for all of them), as ``torch.nn.GRU`` passes
+its own to ``RNNBase("GRU", ...)``. ``proj_size`` is LSTM-only; ``SpectralRNN`` and
+``SpectralGRU`` refuse a non-zero one (``ValueError``, as torch) and accept ``0``, so that
+tools which pass every default (LightningCLI) can build them.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
-import torch
+from torch import nn
 
 from .args import mode_of
 from .base import RecurrentLayer
@@ -23,26 +29,20 @@ class SpectralRNN(RecurrentLayer):
         nonlinearity: ``"tanh"``, ``"relu"`` or ``"modrelu"`` (``sign(z) * relu(|z| + b)``
             with a learnable bias ``modrelu_bias_l{k}`` per unit, initialised U(-0.01, 0.01);
             its fused path is seqnorm's own whole-sequence kernel).
-        bias: whether the layer has ``bias_ih``/``bias_hh``.
-        batch_first: input and output are ``(B, T, F)`` instead of ``(T, B, F)``.
-        dropout: dropout on the outputs of every layer but the last (training only).
-        constraint: ``none``, ``spectral``, ``scaled``, ``bound``, ``band``, ``orthogonal``.
-        constraint_options: options of the constraint, e.g. ``{"gamma": 0.9}``.
-        device: where to allocate the parameters.
-        dtype: dtype of the parameters.
-        init: initialisation of the recurrent gate blocks, applied before the constraint
-            (so ``orthogonal`` starts exactly there): ``torch`` (default, torch's uniform),
-            ``identity`` (IRNN), ``orthogonal`` (random), ``henaff`` or ``cayley``.
-        chrono_init: ``T_max`` of the chrono initialisation of the gate biases (Tallec &
-            Ollivier 2018; GRU and LSTM only), ``None`` for torch's.
-        constrained_gates: names of the gate blocks the constraint applies to (``None``:
-            all): GRU ``r, z, n``, LSTM ``i, f, g, o``; e.g. ``["n"]``.
+        *args: torch's further arguments in torch's order (``bias``, ``batch_first``,
+            ``dropout``, ``bidirectional``).
+        **kwargs: those, ``device``, ``dtype`` and seqnorm's ``constraint``,
+            ``constraint_options``, ``init``, ``chrono_init``, ``constrained_gates``; see
+            :class:`~seqnorm.layers.base.RecurrentLayer`.
 
+    >>> import torch
     >>> rnn = SpectralRNN(3, 8, constraint="spectral")
     >>> out, h = rnn(torch.randn(5, 2, 3))
     >>> out.shape, h.shape
     (torch.Size([5, 2, 8]), torch.Size([1, 2, 8]))
     """
+
+    torch_class = nn.RNN
 
     def __init__(
         self,
@@ -50,108 +50,50 @@ class SpectralRNN(RecurrentLayer):
         hidden_size: int,
         num_layers: int = 1,
         nonlinearity: str = "tanh",
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-        constraint: str = "spectral",
-        constraint_options: dict[str, Any] | None = None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-        init: str = "torch",
-        chrono_init: int | None = None,
-        constrained_gates: Sequence[str] | None = None,
+        *args: Any,
+        **kwargs: Any,
     ) -> None:
         self.nonlinearity = nonlinearity
         super().__init__(
-            mode_of(nonlinearity),
-            input_size,
-            hidden_size,
-            num_layers,
-            bias,
-            batch_first,
-            dropout,
-            constraint,
-            constraint_options,
-            device,
-            dtype,
-            init,
-            chrono_init,
-            constrained_gates,
+            mode_of(nonlinearity), input_size, hidden_size, num_layers, *args, **kwargs
         )
 
 
 class SpectralGRU(RecurrentLayer):
     """GRU (``torch.nn.GRU``) whose three ``H x H`` gate blocks of ``weight_hh_l{k}`` are
-    each constrained. Arguments as :class:`SpectralRNN` (without ``nonlinearity``)."""
+    each constrained. Arguments: torch's (``input_size, hidden_size, num_layers, bias,
+    batch_first, dropout, bidirectional``, ``device``, ``dtype``) and seqnorm's; see
+    :class:`~seqnorm.layers.base.RecurrentLayer`.
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-        constraint: str = "spectral",
-        constraint_options: dict[str, Any] | None = None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-        init: str = "torch",
-        chrono_init: int | None = None,
-        constrained_gates: Sequence[str] | None = None,
-    ) -> None:
-        super().__init__(
-            "gru",
-            input_size,
-            hidden_size,
-            num_layers,
-            bias,
-            batch_first,
-            dropout,
-            constraint,
-            constraint_options,
-            device,
-            dtype,
-            init,
-            chrono_init,
-            constrained_gates,
-        )
+    >>> import torch
+    >>> gru = SpectralGRU(3, 8, num_layers=2, bidirectional=True)
+    >>> out, h = gru(torch.randn(5, 2, 3))
+    >>> out.shape, h.shape
+    (torch.Size([5, 2, 16]), torch.Size([4, 2, 8]))
+    """
+
+    torch_class = nn.GRU
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__("gru", *args, **kwargs)
 
 
 class SpectralLSTM(RecurrentLayer):
     """LSTM (``torch.nn.LSTM``) whose four ``H x H`` gate blocks of ``weight_hh_l{k}`` are
-    each constrained. ``forward`` returns ``(output, (h_n, c_n))``. Arguments as
-    :class:`SpectralRNN` (without ``nonlinearity``)."""
+    each constrained; ``forward`` returns ``(output, (h_n, c_n))``. Arguments: torch's
+    (``input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+    proj_size``, ``device``, ``dtype``) and seqnorm's; see
+    :class:`~seqnorm.layers.base.RecurrentLayer`. With ``proj_size`` the constraint acts on
+    each gate's recurrent map ``W_hh^g @ W_hr`` (:mod:`seqnorm.layers.projection`).
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-        constraint: str = "spectral",
-        constraint_options: dict[str, Any] | None = None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-        init: str = "torch",
-        chrono_init: int | None = None,
-        constrained_gates: Sequence[str] | None = None,
-    ) -> None:
-        super().__init__(
-            "lstm",
-            input_size,
-            hidden_size,
-            num_layers,
-            bias,
-            batch_first,
-            dropout,
-            constraint,
-            constraint_options,
-            device,
-            dtype,
-            init,
-            chrono_init,
-            constrained_gates,
-        )
+    >>> import torch
+    >>> lstm = SpectralLSTM(3, 8, proj_size=4)
+    >>> out, (h, c) = lstm(torch.randn(5, 2, 3))
+    >>> out.shape, h.shape, c.shape
+    (torch.Size([5, 2, 4]), torch.Size([1, 2, 4]), torch.Size([1, 2, 8]))
+    """
+
+    torch_class = nn.LSTM
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__("lstm", *args, **kwargs)

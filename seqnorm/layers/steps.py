@@ -51,13 +51,19 @@ def _gru_step(gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None) -> Tenso
 
 
 def _lstm_step(
-    gi: Tensor, state: tuple[Tensor, Tensor], w_hh: Tensor, b_hh: Tensor | None
+    gi: Tensor,
+    state: tuple[Tensor, Tensor],
+    w_hh: Tensor,
+    b_hh: Tensor | None,
+    w_hr: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    h, c = state
+    h, c = state  # (B, R), (B, H); R = proj_size or H
     gates = gi + F.linear(h, w_hh, b_hh)  # (B, 4H)
     i, f, g, o = gates.chunk(4, dim=-1)
     c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)  # (B, H)
     h = torch.sigmoid(o) * torch.tanh(c)  # (B, H)
+    if w_hr is not None:  # LSTM with projections (proj_size > 0)
+        h = F.linear(h, w_hr)  # (B, P)
     return h, c
 
 
@@ -65,7 +71,7 @@ STEPS: dict[str, Callable[..., Any]] = {
     "rnn_tanh": _rnn_tanh_step,
     "rnn_relu": _rnn_relu_step,
     "gru": _gru_step,
-    "lstm": _lstm_step,
+    "lstm": _lstm_step,  # takes the projection W_hr (or None) as a fifth argument
     "rnn_modrelu": modrelu_step,  # takes the modReLU bias as a fifth argument
 }
 

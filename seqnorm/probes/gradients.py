@@ -27,6 +27,9 @@ def hidden_grad_norms(
     :func:`torch.autograd.grad` over the recorded states. Per sample it is the L2 norm over
     hidden units; the result is its mean over the batch (with a batch-mean loss each
     sample's gradient carries a factor ``1/B``). For an LSTM, ``h`` is the output state.
+    A bidirectional layer gives a row per direction: the reverse direction's ``h[t]`` is its
+    state after reading ``x[t]`` (its gradient flows from ``t`` towards ``0``). With packed
+    input the mean at step ``t`` is over the sequences still running there.
 
     Args:
         model: any module containing seqnorm layers, each called once by ``model(inputs)``.
@@ -35,7 +38,8 @@ def hidden_grad_norms(
 
     Returns:
         ``(rows, T)``, detached, float32 (float64 for a float64 model): one row per stacked
-        layer of every seqnorm layer, in module order.
+        layer and direction of every seqnorm layer (``l0``, ``l0_reverse``, ``l1``, ...:
+        ``h_n``'s order), in module order.
 
     Raises:
         ValueError: if ``model`` has no seqnorm layer, ``batch`` is not a pair, the loss is
@@ -61,7 +65,9 @@ def hidden_grad_norms(
     grads = torch.autograd.grad(loss, flat, allow_unused=True, materialize_grads=True)
     # The norm is taken in float64: in float32 the squares of entries below ~1e-19 flush to
     # zero, so a vanishing curve would fall off a cliff long before float32 itself underflows.
-    g = torch.stack([gr.double() for gr in grads])  # (rows*T, B, H)
-    norms = g.norm(dim=-1).mean(dim=-1)  # (rows*T,)
+    if len({gr.shape for gr in grads}) == 1:
+        norms = torch.stack([gr.double() for gr in grads]).norm(dim=-1).mean(dim=-1)  # (rows*T,)
+    else:  # packed input: batch_sizes[t] sequences at step t
+        norms = torch.stack([gr.double().norm(dim=-1).mean() for gr in grads])  # (rows*T,)
     dt = compute_dtype(flat[0].dtype)
     return norms.reshape(len(rows), -1).to(dt).detach()  # (rows, T)

@@ -70,7 +70,8 @@ def jacobian_norms(
             spread over the sequence, ``0 .. T-1`` (``t = T-1`` gives 1, the identity).
         n_iterations: power iterations (``power`` only).
         method: ``auto``, ``power`` or ``closed_form``.
-        layer_index: which stacked layer ``k`` (default: the last).
+        layer_index: which stacked layer ``k`` (default: the last); of a bidirectional
+            layer, its forward direction.
 
     Returns:
         ``(len(steps),)``, detached, in the order of ``steps``.
@@ -97,7 +98,7 @@ def jacobian_norms(
 def _jacobian_closed_form(layer: RecurrentLayer, seq: Tensor, idx: list[int], k: int) -> Tensor:
     with preserved_buffers(layer), torch.no_grad(), record_hidden_states(layer) as rec:
         layer(seq)
-        hs = torch.stack(rec.states()[k]).squeeze(1)  # (T, H)
+        hs = torch.stack(rec.states()[k * layer.num_directions]).squeeze(1)  # (T, H)
         W = getattr(layer, f"weight_hh_l{k}").detach()  # (H, H)
     T = hs.shape[0]
     dphi = 1 - hs**2 if layer.mode == "rnn_tanh" else (hs > 0).to(hs.dtype)  # (T, H)
@@ -119,7 +120,7 @@ def _jacobian_power(
     with preserved_buffers(layer), torch.enable_grad(), record_hidden_states(layer) as rec:
         # Make the graph exist even when every parameter is frozen.
         layer(xs.clone().requires_grad_(True))
-        hs = rec.states()[k]  # T x (S, H)
+        hs = rec.states()[k * layer.num_directions]  # T x (S, H), forward direction
         h_last = hs[-1]
         wanted = sorted(set(idx))
         inputs = [hs[i] for i in wanted]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 from torch import Tensor, nn
 
@@ -39,17 +39,29 @@ def _require_layers(model: nn.Module) -> list[tuple[str, RecurrentLayer]]:
 class StateRecording:
     """The hidden states recorded by :func:`record_hidden_states`.
 
-    ``calls[i]`` is the recorder of the ``i``-th seqnorm layer of the model: one entry per
-    forward call, each a list (one per stacked layer) of ``T`` tensors ``h[t]`` ``(B, H)``.
+    ``calls[i]`` holds what the ``i``-th seqnorm layer of the model recorded (see
+    :meth:`~seqnorm.layers.RecurrentLayer.recording`): one entry per forward call, each a
+    list with one row per unit (stacked layer and direction, ``h_n``'s order) of ``T``
+    tensors ``h[t]`` ``(B, H)``.
     """
 
-    def __init__(self, layers: list[tuple[str, RecurrentLayer]]) -> None:
+    def __init__(
+        self, layers: list[tuple[str, RecurrentLayer]], calls: list[list[list[list[Tensor]]]]
+    ) -> None:
         self.names = [n for n, _ in layers]
         self.layers = [m for _, m in layers]
-        self.calls: list[list[list[list[Tensor]]]] = [[] for _ in layers]
+        self.calls = calls
+
+    def row_names(self) -> list[str]:
+        """A name per row of :meth:`states`: ``<module name>.l0``, ``<module name>.l0_reverse``,
+        ... (no prefix for the model itself)."""
+        return [f"{name}.{unit}" if name else unit
+                for name, layer in zip(self.names, self.layers, strict=True)
+                for unit in layer.unit_names]  # fmt: skip
 
     def states(self) -> list[list[Tensor]]:
-        """One row per stacked layer of every seqnorm layer (module order): ``T`` states.
+        """One row per unit (stacked layer and direction) of every seqnorm layer, module
+        order: ``T`` states each, in time order.
 
         Raises:
             ValueError: if a seqnorm layer was called other than exactly once.
@@ -70,7 +82,8 @@ def record_hidden_states(model: nn.Module) -> Iterator[StateRecording]:
     """Record every hidden state of every seqnorm layer of ``model`` while inside.
 
     Inside the block the layers run their unrolled path (each ``h[t]`` is its own autograd
-    node); on exit, even on error, they go back to normal.
+    node); on exit, even on error, they go back to normal. Built on each layer's public
+    :meth:`~seqnorm.layers.RecurrentLayer.recording`.
 
     Args:
         model: any module containing seqnorm layers.
@@ -85,18 +98,13 @@ def record_hidden_states(model: nn.Module) -> Iterator[StateRecording]:
     >>> with record_hidden_states(gru) as rec:
     ...     _ = gru(torch.randn(5, 2, 3))
     >>> rows = rec.states()
-    >>> len(rows), len(rows[0]), tuple(rows[0][0].shape), gru._state_recorder is None
-    (2, 5, (2, 4), True)
+    >>> len(rows), len(rows[0]), tuple(rows[0][0].shape), gru.is_recording
+    (2, 5, (2, 4), False)
     """
     layers = _require_layers(model)
-    rec = StateRecording(layers)
     for name, layer in layers:
-        if layer._state_recorder is not None:
+        if layer.is_recording:
             raise RuntimeError(f"seqnorm layer {name or '<model>'!r} is already being recorded")
-    try:
-        for layer, calls in zip(rec.layers, rec.calls, strict=True):
-            layer._state_recorder = calls
-        yield rec
-    finally:
-        for layer in rec.layers:
-            layer._state_recorder = None
+    with ExitStack() as stack:
+        calls = [stack.enter_context(layer.recording()) for _, layer in layers]
+        yield StateRecording(layers, calls)

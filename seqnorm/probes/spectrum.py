@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.parametrize import cached
 
-from ..linalg import as_blocks, compute_dtype, stable_rank
+from ..linalg import compute_dtype, stable_rank
 from .common import check_layer, preserved_buffers
 
 __all__ = ["weight_spectrum"]
@@ -14,17 +15,22 @@ __all__ = ["weight_spectrum"]
 def weight_spectrum(layer: nn.Module) -> dict[str, Tensor]:
     """Singular values of every gate block of every ``weight_hh_l{k}`` (constrained values).
 
+    One row per unit: stacked layer and direction (``l0``, ``l0_reverse``, ``l1``, ...:
+    ``layer.unit_names``). With ``proj_size`` a gate's matrix is its recurrent map
+    ``W_hh^g @ W_hr`` (``H x H``, rank ``<= proj_size``), which the constraint acts on.
+
     Args:
         layer: a ``SpectralRNN``, ``SpectralGRU`` or ``SpectralLSTM``.
 
     Returns:
         A dict of detached tensors (float32, or float64 for a float64 layer):
 
-        * ``singular_values``: ``(num_layers, gates, H)``, descending, from
-          :func:`torch.linalg.svdvals`;
-        * ``sigma_max``: ``(num_layers, gates)``;
-        * ``stable_rank``: ``(num_layers, gates)``, ``||W||_F^2 / ||W||_2^2``;
-        * ``lipschitz_bound``: ``()``, ``prod_k max_g sigma_max[k, g]``. For an Elman RNN
+        * ``singular_values``: ``(units, gates, H)``, descending, from
+          :func:`torch.linalg.svdvals`; ``units = num_layers * num_directions``;
+        * ``sigma_max``: ``(units, gates)``;
+        * ``stable_rank``: ``(units, gates)``, ``||W||_F^2 / ||W||_2^2``;
+        * ``lipschitz_bound``: ``()``, ``prod_k max_g sigma_max[k, g]`` (the max also over
+          the two directions of a bidirectional layer). For an Elman RNN
           with a 1-Lipschitz nonlinearity each factor bounds the one-step Jacobian
           ``||dh_k[t]/dh_k[t-1]||_2`` of layer ``k`` (so ``||dh[T-1]/dh[t]|| <=
           bound**(T-1-t)`` for one layer), and the product bounds the gain of one step
@@ -39,18 +45,17 @@ def weight_spectrum(layer: nn.Module) -> dict[str, Tensor]:
     ((1, 1, 4), 1.0)
     """
     layer = check_layer(layer)
-    G = layer.gates
-    svs, ranks = [], []
-    with preserved_buffers(layer), torch.no_grad():
-        for k in range(layer.num_layers):
-            W = getattr(layer, f"weight_hh_l{k}").detach()  # (G*H, H)
-            svs.append(torch.linalg.svdvals(as_blocks(W, G).to(compute_dtype(W.dtype))))  # (G, H)
-            ranks.append(stable_rank(W, blocks=G).to(svs[-1].dtype))  # (G,)
-    s = torch.stack(svs)  # (L, G, H)
-    smax = s[..., 0]  # (L, G)
+    with preserved_buffers(layer), torch.no_grad(), cached():
+        maps = layer.recurrent_maps().detach()  # (U, G, H, H)
+    maps = maps.to(compute_dtype(maps.dtype))
+    s = torch.linalg.svdvals(maps)  # (U, G, H)
+    ranks = torch.stack([stable_rank(m.flatten(0, 1), blocks=m.shape[0]) for m in maps])  # (U, G)
+    smax = s[..., 0]  # (U, G)
+    D = layer.num_directions
+    per_layer = smax.amax(dim=-1).reshape(-1, D).amax(dim=-1)  # (L,) max over gates, directions
     return {
         "singular_values": s,
         "sigma_max": smax,
-        "stable_rank": torch.stack(ranks),
-        "lipschitz_bound": smax.amax(dim=-1).prod(),
+        "stable_rank": ranks.to(s.dtype),
+        "lipschitz_bound": per_layer.prod(),
     }

@@ -1,0 +1,223 @@
+"""The one constructor of the layers and the cells: parameters, initialisation, constraints.
+
+A layer holds one *unit* of weights per (stacked layer, direction), named as torch names
+them (``weight_ih_l0``, ``weight_hh_l0_reverse``, ``weight_hr_l1``, ...); a cell holds one
+unit with no suffix (``weight_ih``, ``weight_hh``, ...). Both are built here, the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from torch import Tensor, nn
+
+from ..constraints import constrain
+from ..linalg import as_blocks
+from .args import check_flag, check_recurrent_init, check_size, gate_indices
+from .convert import load_from_torch, torch_twin
+from .init import chrono_init_, init_recurrent_
+from .projection import constrain_projected
+from .steps import GATE_NAMES, GATES
+
+__all__ = ["RecurrentModule"]
+
+M = TypeVar("M", bound="RecurrentModule")
+
+
+class RecurrentModule(nn.Module):
+    """What the layers and the cells share: parameters, initialisation and constraints.
+
+    Parameters are created, named and initialised as torch does (``U(-1/sqrt(H), 1/sqrt(H))``
+    for every weight, drawn in torch's order, so one seed gives torch's weights); then per
+    unit the modReLU bias, the recurrent ``init`` and ``chrono_init``, and the constraint on
+    ``weight_hh`` (per gate block) are applied.
+
+    Args:
+        mode: ``rnn_tanh``, ``rnn_relu``, ``rnn_modrelu``, ``gru`` or ``lstm``.
+        input_size: features of the input.
+        hidden_size: features of the hidden state.
+        bias: whether there are ``bias_ih`` and ``bias_hh``.
+        constraint: ``none``, ``spectral``, ``scaled``, ``bound``, ``band`` or
+            ``orthogonal`` (see :func:`seqnorm.constrain`), on every ``weight_hh``.
+        constraint_options: options of the constraint, e.g. ``{"gamma": 0.9}``.
+        device: where to allocate the parameters.
+        dtype: dtype of the parameters.
+        init: initialisation of the recurrent gate blocks, applied before the constraint
+            (so ``orthogonal`` starts exactly there): ``torch`` (default, torch's uniform),
+            ``identity`` (IRNN), ``orthogonal`` (random), ``henaff`` or ``cayley``.
+        chrono_init: ``T_max`` of the chrono initialisation of the gate biases (Tallec &
+            Ollivier 2018; GRU and LSTM only), ``None`` for torch's.
+        constrained_gates: names of the gate blocks the constraint applies to (``None``:
+            all): GRU ``r, z, n``, LSTM ``i, f, g, o``; e.g. ``["n"]``.
+    """
+
+    #: The torch module with the same arguments and parameters (``nn.GRU``, ``nn.GRUCell``...).
+    torch_class: ClassVar[type[nn.Module]]
+    #: Smallest ``input_size``/``hidden_size`` (torch: 1 for a layer, 0 for a cell).
+    min_size: ClassVar[int] = 1
+    #: ``proj_size`` of an LSTM with projections; 0 otherwise.
+    proj_size: int = 0
+
+    def __init__(
+        self,
+        mode: str,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        constraint: str = "spectral",
+        constraint_options: dict[str, Any] | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        init: str = "torch",
+        chrono_init: int | None = None,
+        constrained_gates: Sequence[str] | None = None,
+    ) -> None:
+        check_size("input_size", input_size, self.min_size)
+        check_size("hidden_size", hidden_size, self.min_size)
+        check_flag("bias", bias)
+        options = dict(constraint_options or {})
+        check_recurrent_init(mode, init, chrono_init, bias, constraint, options)
+        gate_idx = gate_indices(mode, constrained_gates)
+        if self.proj_size and init != "torch":
+            raise ValueError(
+                f"init={init!r} draws square gate blocks, but with proj_size={self.proj_size} "
+                f"the gate blocks of weight_hh are {hidden_size} x {self.proj_size}: use "
+                f"init='torch'"
+            )
+        super().__init__()
+        self.mode, self.input_size, self.hidden_size, self.bias = (
+            mode,
+            input_size,
+            hidden_size,
+            bias,
+        )
+        self.constraint, self.constraint_options = constraint, options
+        self.init, self.chrono_init = init, chrono_init
+        self.constrained_gates = None if constrained_gates is None else list(constrained_gates)
+        self._make_parameters(torch.empty(0, device=device, dtype=dtype))
+        if hidden_size == 0:  # a cell with no units: nothing to initialise or constrain
+            return
+        G = self.gates
+        for suffix, _ in self._units():
+            if mode == "rnn_modrelu":  # modReLU's bias, one per unit: U(-0.01, 0.01)
+                b = torch.empty(hidden_size, device=device, dtype=dtype).uniform_(-0.01, 0.01)
+                self.register_parameter(f"modrelu_bias{suffix}", nn.Parameter(b))
+            if init != "torch":  # torch's draw is already there
+                init_recurrent_(getattr(self, f"weight_hh{suffix}"), init, blocks=G)
+            if chrono_init is not None:
+                b_ih, b_hh = getattr(self, f"bias_ih{suffix}"), getattr(self, f"bias_hh{suffix}")
+                chrono_init_(b_ih, b_hh, mode, chrono_init)
+            if self.proj_size:
+                constrain_projected(self, f"weight_hh{suffix}", f"weight_hr{suffix}", constraint,
+                                    blocks=G, gates=gate_idx, **options)  # fmt: skip
+            else:
+                constrain(self, f"weight_hh{suffix}", constraint, blocks=G, gates=gate_idx,
+                          **options)  # fmt: skip
+
+    def _units(self) -> list[tuple[str, int]]:
+        """``(name suffix, input features)`` of every unit, in torch's order."""
+        raise NotImplementedError
+
+    def _make_parameters(self, like: Tensor) -> None:
+        G, H, P = self.gates * self.hidden_size, self.hidden_size, self.proj_size
+        self._all_weights: list[list[str]] = []
+        for suffix, in_size in self._units():
+            shapes = {"weight_ih": (G, in_size), "weight_hh": (G, P or H)}
+            if self.bias:
+                shapes.update(bias_ih=(G,), bias_hh=(G,))
+            elif not suffix:  # torch's cells register absent biases as None
+                self.register_parameter("bias_ih", None)
+                self.register_parameter("bias_hh", None)
+            if P:
+                shapes["weight_hr"] = (P, H)
+            for name, shape in shapes.items():
+                self.register_parameter(name + suffix, nn.Parameter(like.new_empty(shape)))
+            self._all_weights.append([name + suffix for name in shapes])
+        self._flat_weights_names = [n for unit in self._all_weights for n in unit]
+        stdv = 1.0 / math.sqrt(H) if H else 0.0  # torch's initialisation, in its order
+        with torch.no_grad():
+            for p in self.parameters():
+                p.uniform_(-stdv, stdv)
+
+    @property
+    def gates(self) -> int:
+        """Number of gate blocks stacked in each ``weight_hh`` (1, 3 or 4)."""
+        return GATES[self.mode]
+
+    @property
+    def gate_names(self) -> tuple[str, ...]:
+        """Names of the gate blocks of ``weight_hh`` in torch's order (``("r", "z", "n")``)."""
+        return GATE_NAMES[self.mode]
+
+    def recurrent_maps(self) -> Tensor:
+        """The recurrent matrix of every gate of every unit, ``(units, gates, H, H)``: the
+        gate blocks of ``weight_hh`` (constrained), in ``h_n``'s unit order. With
+        ``proj_size`` the map of a gate is ``W_hh^g @ W_hr``, which the constraint acts on."""
+        maps = []
+        for suffix, _ in self._units():
+            W = getattr(self, f"weight_hh{suffix}")  # (G*H, R)
+            Wb = as_blocks(W, self.gates)  # (G, H, R)
+            maps.append(Wb @ getattr(self, f"weight_hr{suffix}") if self.proj_size else Wb)
+        return torch.stack(maps)  # (units, G, H, H)
+
+    @property
+    def _flat_weights(self) -> list[Tensor]:
+        """The weights in torch's flat order; ``weight_hh`` is the constrained matrix."""
+        return [getattr(self, n) for n in self._flat_weights_names]
+
+    @property
+    def all_weights(self) -> list[list[Tensor]]:
+        """Per unit ``[weight_ih, weight_hh, bias_ih, bias_hh, weight_hr]`` as torch lists
+        them (biases and ``weight_hr`` when present); ``weight_hh`` is the constrained matrix."""
+        return [[getattr(self, n) for n in unit] for unit in self._all_weights]
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        raise RuntimeError(
+            f"{type(self).__name__} cannot be scripted: torch.jit.script does not support "
+            f"parametrized modules (the constraint on weight_hh is a parametrization). "
+            f"Use torch.compile(module), or export module.to_torch(), a plain "
+            f"{self.torch_class.__name__} with the constrained weights (torch.jit.trace it)"
+        )
+
+    def to_torch(self) -> nn.Module:
+        """A plain torch module (``nn.GRU`` for a ``SpectralGRU``...) with the same arguments
+        and the constrained weights copied in, for pickling, TorchScript, ONNX or cuDNN
+        inference. The copy is independent; the constraint is not carried over.
+
+        Raises:
+            ValueError: for ``nonlinearity="modrelu"``, which torch does not have.
+        """
+        return torch_twin(self)
+
+    @classmethod
+    def from_torch(
+        cls: type[M], module: nn.Module, constraint: str = "spectral", **kwargs: Any
+    ) -> M:
+        """Build a seqnorm module from a torch one (``nn.GRU`` for ``SpectralGRU``...): the
+        same arguments (incl. ``bidirectional``, ``proj_size``), device, dtype and weights.
+
+        The loaded ``weight_hh`` is set through the constraint (its ``right_inverse`` where it
+        has one): with ``constraint="none"`` the module computes exactly what ``module`` does;
+        with a constraint it computes with the constrained version of the trained weights.
+
+        Args:
+            module: an instance of :attr:`torch_class`.
+            constraint: the constraint of the new module.
+            **kwargs: other seqnorm arguments (``constraint_options``, ``constrained_gates``).
+        """
+        return load_from_torch(cls, module, constraint=constraint, **kwargs)
+
+    def extra_repr(self) -> str:
+        s = f", constraint={self.constraint!r}"
+        if self.constraint_options:
+            s += f", constraint_options={self.constraint_options}"
+        if self.init != "torch":
+            s += f", init={self.init!r}"
+        if self.chrono_init is not None:
+            s += f", chrono_init={self.chrono_init}"
+        if self.constrained_gates is not None:
+            s += f", constrained_gates={self.constrained_gates}"
+        return s

@@ -1,0 +1,192 @@
+"""The two ways a sequence layer runs: torch's fused kernels, and the unrolled step loop.
+
+Both take the weights of every (layer, direction) *unit* in torch's flat order
+(``weight_ih, weight_hh[, bias_ih, bias_hh][, weight_hr]`` for ``l0``, ``l0_reverse``,
+``l1``, ...) and the initial state ``(num_layers * num_directions, B, ·)``, and return the
+output and the final state in torch's layout.
+
+The unrolled path works on *packed* data: ``data`` ``(N, I)`` holds the sequences' time
+steps one after the other, ``batch_sizes[t]`` of them at step ``t`` (the longest sequences
+first, as :class:`torch.nn.utils.rnn.PackedSequence` stores them); a padded batch
+``(T, B, I)`` is the case ``batch_sizes = [B] * T``. At step ``t`` only the first
+``batch_sizes[t]`` sequences step, so each sequence's final state is taken at its own last
+step (its first, for the reverse direction), as torch's kernels do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from .modrelu import modrelu_rnn
+from .steps import FUSED, STEPS, State
+
+__all__ = ["Layout", "fused", "fused_modrelu", "unrolled"]
+
+
+class Layout(NamedTuple):
+    """What the paths need to know of a layer."""
+
+    mode: str
+    num_layers: int
+    directions: int
+    bias: bool
+    proj: bool
+    dropout: float
+    training: bool
+
+
+class Unit(NamedTuple):
+    """The weights of one (layer, direction) unit; ``extra`` is ``W_hr`` or modReLU's bias."""
+
+    w_ih: Tensor
+    w_hh: Tensor
+    b_ih: Tensor | None
+    b_hh: Tensor | None
+    extra: Tensor | None
+
+
+def units(layout: Layout, flat: Sequence[Tensor], extras: Sequence[Tensor]) -> list[Unit]:
+    """Group the flat weights per unit; ``extras``: modReLU's biases per unit (or none)."""
+    per = 2 + 2 * layout.bias + layout.proj
+    out = []
+    for u in range(layout.num_layers * layout.directions):
+        w = flat[u * per : (u + 1) * per]
+        b_ih, b_hh = (w[2], w[3]) if layout.bias else (None, None)
+        extra = w[-1] if layout.proj else (extras[u] if extras else None)
+        out.append(Unit(w[0], w[1], b_ih, b_hh, extra))
+    return out
+
+
+# torch.compile runs torch's own RNN modules eagerly (dynamo's ``allow_rnn=False``): the
+# fused kernels stay out of the graph here too, so a compiled layer computes exactly what
+# the eager one does (inductor's CPU lowering of ``aten.lstm`` fails, and its GRU differs).
+@torch.compiler.disable
+def fused(
+    layout: Layout, x: Tensor, batch_sizes: Tensor | None, hx: State, flat: list[Tensor]
+) -> tuple[Tensor, State]:
+    """torch's own kernel: ``x`` ``(T, B, I)``, or packed data ``(N, I)`` with ``batch_sizes``."""
+    args = (flat, layout.bias, layout.num_layers, layout.dropout, layout.training)
+    bidirectional = layout.directions == 2
+    kernel = FUSED[layout.mode]
+    if batch_sizes is None:
+        res = kernel(x, hx, *args, bidirectional, False)  # time-major: batch_first=False
+    else:
+        res = kernel(x, batch_sizes, hx, *args, bidirectional)
+    if layout.mode == "lstm":
+        return res[0], (res[1], res[2])
+    return res[0], res[1]
+
+
+@torch.compiler.disable
+def fused_modrelu(
+    layout: Layout, x: Tensor, hx: Tensor, weights: list[Unit]
+) -> tuple[Tensor, Tensor]:
+    """modReLU has no torch kernel: one whole-sequence autograd Function per unit.
+
+    ``x``: ``(T, B, I)``; returns ``(T, B, D*H)`` and ``h_n`` ``(L*D, B, H)``.
+    """
+    layer_in, finals = x, []  # (T, B, I)
+    for k in range(layout.num_layers):
+        outs = []
+        for d in range(layout.directions):
+            u = weights[k * layout.directions + d]
+            gi = F.linear(layer_in, u.w_ih, u.b_ih)  # (T, B, H): one matmul for all t
+            out = modrelu_rnn(gi.flip(0) if d else gi, hx[k * layout.directions + d],
+                              u.w_hh, u.b_hh, u.extra)  # fmt: skip
+            finals.append(out[-1])  # (B, H): the reverse direction ends at t = 0
+            outs.append(out.flip(0) if d else out)
+        layer_in = torch.cat(outs, dim=-1)  # (T, B, D*H)
+        if layout.dropout and layout.training and k < layout.num_layers - 1:
+            layer_in = F.dropout(layer_in, layout.dropout, training=True)
+    return layer_in, torch.stack(finals)
+
+
+def _rows(s: State) -> int:
+    return (s[0] if isinstance(s, tuple) else s).shape[0]
+
+
+def _take(s: State, start: int, stop: int) -> State:
+    return tuple(t[start:stop] for t in s) if isinstance(s, tuple) else s[start:stop]
+
+
+def _cat(parts: list[State]) -> State:
+    if len(parts) == 1:
+        return parts[0]
+    if isinstance(parts[0], tuple):
+        return tuple(torch.cat(p, dim=0) for p in zip(*parts, strict=True))
+    return torch.cat(parts, dim=0)
+
+
+def _direction(
+    step: Callable[[Tensor, State], State],
+    gi: Sequence[Tensor],
+    s0: State,
+    sizes: list[int],
+    reverse: bool,
+) -> tuple[list[Tensor], State]:
+    """Run one direction: ``gi[t]`` ``(sizes[t], G*H)``. Returns the hidden states in time
+    order (each its own autograd node) and every sequence's final state ``(B, ·)``."""
+    T = len(gi)
+    hs: list[Tensor] = [gi[0]] * T
+    if not reverse:
+        s, ended = s0, []  # states of the sequences that ended, latest-ending last
+        for t in range(T):
+            if sizes[t] < _rows(s):
+                ended.append(_take(s, sizes[t], _rows(s)))
+                s = _take(s, 0, sizes[t])
+            s = step(gi[t], s)
+            hs[t] = s[0] if isinstance(s, tuple) else s
+        return hs, _cat([s, *reversed(ended)])
+    s = _take(s0, 0, sizes[-1]) if sizes[-1] < _rows(s0) else s0
+    for t in range(T - 1, -1, -1):
+        if sizes[t] > _rows(s):  # sequences whose last step is t join with their h_0
+            s = _cat([s, _take(s0, _rows(s), sizes[t])])
+        s = step(gi[t], s)
+        hs[t] = s[0] if isinstance(s, tuple) else s
+    return hs, s
+
+
+def _stepper(mode: str, u: Unit) -> Callable[[Tensor, State], State]:
+    step = STEPS[mode]
+    if u.extra is None:
+        return lambda gi, s: step(gi, s, u.w_hh, u.b_hh)
+    return lambda gi, s: step(gi, s, u.w_hh, u.b_hh, u.extra)
+
+
+def unrolled(
+    layout: Layout, data: Tensor, sizes: list[int], hx: State, weights: list[Unit]
+) -> tuple[Tensor, State, list[list[Tensor]]]:
+    """Step the cell equations over packed ``data`` ``(N, I)``.
+
+    Returns the output ``(N, D*R)`` (``R = proj_size or hidden_size``), the final state
+    ``(L*D, B, ·)``, and per unit (``h_n``'s order) the hidden states ``h[0..T-1]`` in time
+    order, ``(sizes[t], R)`` each.
+    """
+    lstm = layout.mode == "lstm"
+    layer_in, rows, finals = data, [], []  # (N, I)
+    for k in range(layout.num_layers):
+        outs = []
+        for d in range(layout.directions):
+            j = k * layout.directions + d
+            u = weights[j]
+            gi = F.linear(layer_in, u.w_ih, u.b_ih).split(sizes)  # T x (sizes[t], G*H)
+            s0: State = (hx[0][j], hx[1][j]) if lstm else hx[j]
+            hs, final = _direction(_stepper(layout.mode, u), gi, s0, sizes, reverse=d == 1)
+            rows.append(hs)
+            finals.append(final)
+            outs.append(torch.cat(hs, dim=0))  # (N, R)
+        layer_in = torch.cat(outs, dim=-1)  # (N, D*R)
+        if layout.dropout and layout.training and k < layout.num_layers - 1:
+            layer_in = F.dropout(layer_in, layout.dropout, training=True)
+    if lstm:
+        return (
+            layer_in,
+            (torch.stack([f[0] for f in finals]), torch.stack([f[1] for f in finals])),
+            rows,
+        )
+    return layer_in, torch.stack(finals), rows
