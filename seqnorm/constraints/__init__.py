@@ -19,10 +19,17 @@ which is what a per-time-step loop over a cell should do.
 
 ``sigma`` is exact at every call by default (``estimator="exact"``), so the caps hold at
 every forward, in training and in eval.
+
+Beyond recurrent matrices, :func:`constrain` takes any ``nn.Linear`` (square or not:
+``spectral``, ``scaled``, ``bound``; ``orthogonal`` gives orthonormal rows or columns,
+:class:`SemiOrthogonal`) and ``Conv1d/2d/3d``, whose ``spectral``, ``scaled`` and ``bound``
+cap the convolution's operator norm (:class:`ConvSpectral`, :func:`conv_operator_norm`).
 """
 
 from .band import Band
 from .bound import Bound
+from .conv import CONV_CONSTRAINTS, ConvBound, ConvNorm, ConvScaled, ConvSpectral
+from .conv_norm import ConvGeometry, conv_operator_norm, conv_power_norm, reshaped_kernel_norm
 from .gates import GateSubset
 from .norm import ESTIMATORS, SigmaNorm
 from .orthogonal import MAPS, Orthogonal
@@ -35,22 +42,33 @@ from .registry import (
     satisfies,
 )
 from .scaled import Scaled
+from .semiorthogonal import SemiOrthogonal
 from .spectral import Spectral
 
 __all__ = [
     "CONSTRAINTS",
+    "CONV_CONSTRAINTS",
     "ESTIMATORS",
     "MAPS",
     "Band",
     "Bound",
+    "ConvBound",
+    "ConvGeometry",
+    "ConvNorm",
+    "ConvScaled",
+    "ConvSpectral",
     "GateSubset",
     "Orthogonal",
     "Scaled",
+    "SemiOrthogonal",
     "SigmaNorm",
     "Spectral",
     "check_constraint",
     "constrain",
     "constraint_options",
+    "conv_operator_norm",
+    "conv_power_norm",
     "is_constrained",
+    "reshaped_kernel_norm",
     "satisfies",
 ]

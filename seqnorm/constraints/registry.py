@@ -17,10 +17,13 @@ from torch.nn.utils import parametrize
 from ..linalg import as_blocks, compute_dtype
 from .band import Band
 from .bound import Bound
+from .conv import constrain_conv
+from .conv_norm import CONV_TYPES
 from .gates import GateSubset
 from .norm import SigmaNorm
 from .orthogonal import Orthogonal
 from .scaled import Scaled
+from .semiorthogonal import SemiOrthogonal
 from .spectral import Spectral
 
 __all__ = [
@@ -80,11 +83,23 @@ def constrain(
 ) -> nn.Module:
     """Constrain ``module.<name>`` per gate block with the parametrization ``kind``.
 
+    Shapes:
+
+    * a 2-D parameter (``nn.Linear``, a recurrent matrix, any module's matrix):
+      ``spectral``, ``scaled`` and ``bound`` cap the largest singular value of each block,
+      square or not (``(out, in)`` for a Linear); ``band`` needs square blocks;
+      ``orthogonal`` needs square blocks, or a non-square matrix with ``blocks=1``
+      (orthonormal rows or columns, :class:`~seqnorm.constraints.semiorthogonal.SemiOrthogonal`).
+    * the kernel of a ``Conv1d/2d/3d``: ``spectral``, ``scaled`` and ``bound`` cap the
+      convolution's *operator norm* (:mod:`seqnorm.constraints.conv`); their options are
+      ``norm``, ``input_shape``, ``slack``, ``eps`` and the caps
+      (:func:`~seqnorm.constraints.conv.conv_constraint_options`).
+
     Args:
-        module: any module holding a 2-D parameter ``name``.
+        module: any module holding a 2-D parameter ``name``, or a ``Conv1d/2d/3d``.
         name: the parameter to constrain.
         kind: ``none``, ``spectral``, ``scaled``, ``bound``, ``band`` or ``orthogonal``.
-        blocks: how many square ``H x H`` gate blocks are stacked in the rows.
+        blocks: how many gate blocks are stacked in the rows (1 for a convolution).
         gates: indices of the blocks to constrain (``None``: all); the others stay free
             (see :class:`~seqnorm.constraints.gates.GateSubset`).
         **options: options of the constraint (see :func:`constraint_options` and the
@@ -102,6 +117,15 @@ def constrain(
     >>> round(torch.linalg.matrix_norm(lin.weight, 2).item(), 4)
     1.0
     """
+    what = type(module).__name__
+    if isinstance(module, CONV_TYPES):
+        check_constraint(kind)
+        if blocks != 1 or gates is not None:
+            raise ValueError(f"blocks and gates do not apply to {what}, got blocks={blocks!r}, "
+                             f"gates={gates!r}")  # fmt: skip
+        return constrain_conv(module, name, kind, **options)
+    if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+        raise ValueError(f"constraint {kind!r}: {what} is not supported (Conv1d/2d/3d are)")
     check_constraint(kind, options)
     if not isinstance(blocks, int) or isinstance(blocks, bool) or blocks < 1:
         raise ValueError(f"blocks must be a positive int, got {blocks!r}")
@@ -109,11 +133,14 @@ def constrain(
     if not isinstance(W, Tensor):
         raise ValueError(f"module has no tensor named {name!r}")
     if W.dim() != 2:
-        raise ValueError(f"{name} must be a 2-D matrix, got shape {tuple(W.shape)}")
+        raise ValueError(
+            f"{name} of {what} must be a 2-D matrix (or the kernel of a Conv1d/2d/3d), "
+            f"got shape {tuple(W.shape)}"
+        )
     rows, cols = W.shape
     if rows % blocks:
         raise ValueError(f"blocks={blocks} must divide the {rows} rows of {name}")
-    if rows // blocks != cols:
+    if blocks > 1 and rows // blocks != cols:
         raise ValueError(
             f"{name} must hold {blocks} square gate block(s) of size {cols}x{cols}, "
             f"got shape {tuple(W.shape)}"
@@ -121,6 +148,13 @@ def constrain(
     cls = CONSTRAINTS[kind]
     if cls is None:
         return module
+    if rows // blocks != cols and not issubclass(cls, SigmaNorm):  # one non-square matrix
+        if kind != "orthogonal":
+            raise ValueError(
+                f"constraint {kind!r} needs a square matrix; {what}.{name} has shape "
+                f"{tuple(W.shape)} (spectral, scaled, bound and orthogonal take any shape)"
+            )
+        cls = SemiOrthogonal
     chosen = tuple(range(blocks)) if gates is None else tuple(sorted(set(gates)))
     if not chosen or not all(isinstance(g, int) and 0 <= g < blocks for g in chosen):
         raise ValueError(f"gates must be block indices in range({blocks}), got {gates!r}")

@@ -1,0 +1,281 @@
+"""``spectral``, ``scaled`` and ``bound`` for convolutions: caps on the operator norm.
+
+The cap applies to the convolution's operator norm (the most it stretches an input, with
+its padding, stride, dilation and groups), through the certified upper bound of
+:func:`~seqnorm.constraints.conv_norm.conv_operator_norm`. Because that ``sigma`` is an upper
+bound recomputed from the current kernel at every forward (training and eval), the true
+operator norm never exceeds the cap. The bound is tight: for ``spectral`` the true norm ends
+within a few percent of 1 on ordinary layers and inputs (measured in ``tests/`` and the
+README; the gap grows for tiny inputs with large dilation).
+
+``norm="reshaped"`` divides by the largest singular value of the kernel reshaped to a
+matrix instead (``torch.nn.utils.spectral_norm``'s choice). That is **not** the operator
+norm and caps nothing: ``Conv2d(3, 16, 3, padding=1)`` normalised that way stretches a
+16x16 input by about 2.
+
+The search for the maximising frequency is skipped while the kernel is unchanged
+(compared by value), so repeated eval forwards (an attack, a validation loop) cost one
+small complex matrix product each.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from .conv_norm import (
+    ConvGeometry,
+    conv_operator_norm,
+    reshaped_kernel_norm,
+    spatial_shape,
+    symbol_peak,
+)
+
+__all__ = [
+    "CONV_CONSTRAINTS",
+    "CONV_NORMS",
+    "ConvBound",
+    "ConvNorm",
+    "ConvScaled",
+    "ConvSpectral",
+    "conv_constraint_options",
+    "constrain_conv",
+]
+
+#: Accepted values of the ``norm`` option.
+CONV_NORMS = ("operator", "reshaped")
+
+
+class ConvNorm(nn.Module):
+    """Shared machinery of the convolution constraints: ``sigma`` of the whole kernel.
+
+    Args:
+        geometry: the convolution's geometry (:meth:`ConvGeometry.of`).
+        norm: ``"operator"`` (default: certified bound on the operator norm) or
+            ``"reshaped"`` (the reshaped kernel's largest singular value; not a cap on
+            the operator norm).
+        input_shape: ``None`` (default): a bound valid for every input size. Else the
+            input's shape (spatial sizes, optionally preceded by channels and batch): the
+            tighter, cheaper bound at that size, which holds only for inputs of that size.
+        slack: size-free bound only: its certified grid correction is at most this.
+        eps: floor on ``sigma``.
+    """
+
+    def __init__(
+        self,
+        geometry: ConvGeometry,
+        norm: str = "operator",
+        input_shape: Sequence[int] | None = None,
+        slack: float = 0.01,
+        eps: float = 1e-12,
+    ) -> None:
+        super().__init__()
+        if not isinstance(geometry, ConvGeometry):
+            raise TypeError(f"geometry must be a ConvGeometry, got {type(geometry).__name__}")
+        if norm not in CONV_NORMS:
+            raise ValueError(f"norm must be one of {CONV_NORMS}, got {norm!r}")
+        if not (isinstance(slack, (int, float)) and 0 < slack < 1):
+            raise ValueError(f"slack must be in the open interval (0, 1), got {slack!r}")
+        if not (isinstance(eps, (int, float)) and eps > 0):
+            raise ValueError(f"eps must be a positive number, got {eps!r}")
+        if norm == "reshaped" and input_shape is not None:
+            raise ValueError("input_shape applies to norm='operator' only, got norm='reshaped'")
+        self.geometry = geometry
+        self.norm = norm
+        self.input_shape = None if input_shape is None else tuple(input_shape)
+        self.slack = float(slack)
+        self.eps = float(eps)
+        self._last: Tensor | None = None  # the kernel the cached peak belongs to
+        self._peak: tuple[int, tuple[float, ...]] | None = None
+
+    def check(self, W: Tensor) -> None:
+        """Fail early, at registration, on a kernel or input shape that has no bound."""
+        if self.input_shape is not None:
+            spatial_shape(self.input_shape, self.geometry.dims, W.shape[1] * self.geometry.groups)
+        if self.norm == "operator" and W.device.type != "meta":
+            with torch.no_grad():
+                conv_operator_norm(W, self.geometry, self.input_shape, self.slack)
+
+    def sigma(self, W: Tensor) -> Tensor:
+        """The norm the constraint divides by, 0-dim, differentiable.
+
+        Args:
+            W: the stored kernel ``(c_out, c_in / groups, k..)``.
+        """
+        if W.device.type == "meta":
+            return W.new_ones(())
+        if self.norm == "reshaped":
+            return reshaped_kernel_norm(W).clamp_min(self.eps)
+        with torch.no_grad():
+            fresh = self._last is None or not (
+                self._last.shape == W.shape
+                and self._last.dtype == W.dtype
+                and self._last.device == W.device
+                and torch.equal(self._last, W)
+            )
+            if fresh:
+                self._peak = symbol_peak(W, self.geometry, self.input_shape, self.slack)
+                self._last = W.detach().clone()
+        s = conv_operator_norm(W, self.geometry, self.input_shape, self.slack, peak=self._peak)
+        return s.clamp_min(self.eps)
+
+    def extra_repr(self) -> str:
+        g = self.geometry
+        s = f"norm={self.norm!r}, stride={g.stride}, padding={g.padding}, dilation={g.dilation}"
+        s += f", groups={g.groups}, padding_mode={g.padding_mode!r}"
+        if self.input_shape is not None:
+            s += f", input_shape={self.input_shape}"
+        return s
+
+
+class ConvSpectral(ConvNorm):
+    """``W / sigma(W)``: the convolution's operator norm is at most 1 (and close to it).
+
+    Args: as :class:`ConvNorm`.
+    """
+
+    def forward(self, W: Tensor) -> Tensor:
+        return W / self.sigma(W)
+
+
+class ConvBound(ConvNorm):
+    """``W / max(1, sigma(W) / gamma)``: shrinks only when the bound exceeds ``gamma``.
+
+    Args:
+        geometry: the convolution's geometry.
+        gamma: the cap on the operator norm.
+        norm, input_shape, slack, eps: as :class:`ConvNorm`.
+    """
+
+    def __init__(
+        self,
+        geometry: ConvGeometry,
+        gamma: float = 1.0,
+        norm: str = "operator",
+        input_shape: Sequence[int] | None = None,
+        slack: float = 0.01,
+        eps: float = 1e-12,
+    ) -> None:
+        super().__init__(geometry, norm, input_shape, slack, eps)
+        if not (isinstance(gamma, (int, float)) and gamma > 0):
+            raise ValueError(f"gamma must be a positive number, got {gamma!r}")
+        self.gamma = float(gamma)
+
+    def forward(self, W: Tensor) -> Tensor:
+        return W / (self.sigma(W) / self.gamma).clamp_min(1.0)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", gamma={self.gamma}"
+
+
+class ConvScaled(ConvNorm):
+    """``gamma * W / sigma(W)`` with a learnable ``gamma`` in ``[gamma_min, gamma_max]``.
+
+    ``gamma = gamma_min + (gamma_max - gamma_min) * sigmoid(gamma_raw)``, starting at 1 (or
+    at the nearest end of the range).
+
+    Args:
+        geometry: the convolution's geometry.
+        gamma_min: smallest scale.
+        gamma_max: largest scale (the cap).
+        norm, input_shape, slack, eps: as :class:`ConvNorm`.
+    """
+
+    def __init__(
+        self,
+        geometry: ConvGeometry,
+        gamma_min: float = 0.5,
+        gamma_max: float = 1.5,
+        norm: str = "operator",
+        input_shape: Sequence[int] | None = None,
+        slack: float = 0.01,
+        eps: float = 1e-12,
+    ) -> None:
+        super().__init__(geometry, norm, input_shape, slack, eps)
+        if not (isinstance(gamma_min, (int, float)) and gamma_min > 0):
+            raise ValueError(f"gamma_min must be a positive number, got {gamma_min!r}")
+        if not (isinstance(gamma_max, (int, float)) and gamma_min <= gamma_max):
+            raise ValueError(
+                f"gamma_min must be <= gamma_max, got gamma_min={gamma_min}, gamma_max={gamma_max}"
+            )
+        self.gamma_min, self.gamma_max = float(gamma_min), float(gamma_max)
+        width = self.gamma_max - self.gamma_min
+        frac = 0.5 if width == 0 else min(max((1.0 - self.gamma_min) / width, 1e-3), 1 - 1e-3)
+        self.gamma_raw = nn.Parameter(torch.tensor(math.log(frac / (1 - frac))))
+
+    @property
+    def gamma(self) -> Tensor:
+        """The effective scale, in ``[gamma_min, gamma_max]``."""
+        return self.gamma_min + (self.gamma_max - self.gamma_min) * torch.sigmoid(self.gamma_raw)
+
+    def forward(self, W: Tensor) -> Tensor:
+        return W * (self.gamma.to(W.dtype) / self.sigma(W))
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", gamma_min={self.gamma_min}, gamma_max={self.gamma_max}"
+
+
+#: The constraint kinds a convolution accepts.
+CONV_CONSTRAINTS: dict[str, type[ConvNorm]] = {
+    "spectral": ConvSpectral,
+    "scaled": ConvScaled,
+    "bound": ConvBound,
+}
+
+
+def conv_constraint_options(kind: str) -> dict[str, Any]:
+    """The options of convolution constraint ``kind`` and their defaults (its signature).
+
+    >>> conv_constraint_options("bound")
+    {'gamma': 1.0, 'norm': 'operator', 'input_shape': None, 'slack': 0.01, 'eps': 1e-12}
+    """
+    if kind not in CONV_CONSTRAINTS:
+        raise ValueError(
+            f"constraint {kind!r} does not apply to a convolution; "
+            f"choose one of {sorted(CONV_CONSTRAINTS)}"
+        )
+    params = list(inspect.signature(CONV_CONSTRAINTS[kind].__init__).parameters.values())[2:]
+    return {p.name: p.default for p in params}
+
+
+def constrain_conv(conv: nn.Module, name: str, kind: str, **options: Any) -> nn.Module:
+    """Register convolution constraint ``kind`` on ``conv.<name>`` (the kernel).
+
+    Called by :func:`~seqnorm.constraints.registry.constrain` for a ``Conv1d/2d/3d``.
+
+    Raises:
+        ValueError: ``name`` is not ``"weight"``, ``kind`` does not apply to a convolution,
+            unknown options, or a geometry without a bound (e.g. reflect padding).
+    """
+    geometry = ConvGeometry.of(conv)
+    what = type(conv).__name__
+    if name != "weight":
+        raise ValueError(f"only the kernel 'weight' of a {what} can be constrained, got {name!r}")
+    if kind == "none":
+        return conv
+    if kind not in CONV_CONSTRAINTS:
+        raise ValueError(
+            f"constraint {kind!r} does not apply to {what} (its operator norm is not a matrix's "
+            f"singular values); a convolution takes {sorted(CONV_CONSTRAINTS)}"
+        )
+    allowed = conv_constraint_options(kind)
+    bad = sorted(set(options) - set(allowed))
+    if bad:
+        raise ValueError(
+            f"unknown option(s) {bad} for constraint {kind!r} on {what}; allowed: "
+            f"{', '.join(allowed)}"
+        )
+    W = conv.weight
+    param = CONV_CONSTRAINTS[kind](geometry, **options).to(device=W.device)
+    try:
+        param.check(W)
+    except ValueError as err:
+        raise ValueError(f"constraint {kind!r} on {what}: {err}") from None
+    parametrize.register_parametrization(conv, name, param)
+    return conv
