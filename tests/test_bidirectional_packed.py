@@ -10,6 +10,9 @@ contract) for constrained layers and modReLU, the projection's constraint, the p
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -236,3 +239,14 @@ def test_recording_packed_input():
     with pytest.raises(RuntimeError, match="already recording"), layer.recording():
         with layer.recording():
             pass
+
+
+def test_packed_example_learns_each_sequences_own_last_value():
+    """experiments/packed_lengths.py: the bidirectional GRU reads packed variable lengths."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    try:
+        import packed_lengths
+    finally:
+        sys.path.pop(0)
+    acc = packed_lengths.train(packed=True, steps=30, max_len=12, hidden_size=8, seed=0)
+    assert acc > 0.95
