@@ -15,8 +15,9 @@ step (its first, for the reverse direction), as torch's kernels do.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -62,10 +63,25 @@ def units(layout: Layout, flat: Sequence[Tensor], extras: Sequence[Tensor]) -> l
     return out
 
 
-# torch.compile runs torch's own RNN modules eagerly (dynamo's ``allow_rnn=False``): the
-# fused kernels stay out of the graph here too, so a compiled layer computes exactly what
-# the eager one does (inductor's CPU lowering of ``aten.lstm`` fails, and its GRU differs).
-@torch.compiler.disable
+def _eager_when_compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Keep ``fn`` out of ``torch.compile``'s graph: it runs eagerly, as torch runs its own
+    RNN modules (dynamo's ``allow_rnn=False``), so a compiled layer computes exactly what the
+    eager one does (inductor's CPU lowering of ``aten.lstm`` fails, its GRU rounds apart).
+    ``torch._dynamo`` is imported only once something compiles (it costs seconds)."""
+    disabled: list[Callable[..., Any]] = []
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any) -> Any:
+        if not torch.compiler.is_compiling():
+            return fn(*args)
+        if not disabled:
+            disabled.append(torch.compiler.disable(fn))
+        return disabled[0](*args)
+
+    return wrapper
+
+
+@_eager_when_compiled
 def fused(
     layout: Layout, x: Tensor, batch_sizes: Tensor | None, hx: State, flat: list[Tensor]
 ) -> tuple[Tensor, State]:
@@ -82,7 +98,7 @@ def fused(
     return res[0], res[1]
 
 
-@torch.compiler.disable
+@_eager_when_compiled
 def fused_modrelu(
     layout: Layout, x: Tensor, hx: Tensor, weights: list[Unit]
 ) -> tuple[Tensor, Tensor]:
