@@ -231,6 +231,48 @@ def test_zero_batch_hidden_default_and_retained_graph(ours, theirs):
         torch.testing.assert_close(grads[0], grads[2], atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize(("ours", "theirs"), LAYERS, ids=IDS)
+def test_unbatched_and_non_contiguous_input_like_torch(ours, theirs, batch_first):
+    """torch's no-batch-dim samples: bidirectional, 2 layers, with and without ``hx``."""
+    kw = {"num_layers": 2, "bidirectional": True, "batch_first": batch_first}
+    kw |= {"proj_size": 2} if theirs is nn.LSTM else {}
+    a, b = ours(2, 3, constraint="none", **kw), theirs(2, 3, **kw)
+    a.load_state_dict(b.state_dict())
+    x = torch.randn(3, 2)
+    h = torch.randn(4, kw.get("proj_size", 3))
+    hx = (h, torch.randn(4, 3)) if theirs is nn.LSTM else h
+    for unroll in (False, True):
+        a.unroll = unroll
+        for args in ((x,), (x, hx)):
+            (out_a, h_a), (out_b, h_b) = a(*args), b(*args)
+            torch.testing.assert_close(out_a, out_b, atol=1e-6, rtol=0)
+            torch.testing.assert_close(_flat(h_a), _flat(h_b), atol=1e-6, rtol=0)
+        xs = torch.randn(2, 5, 4)[..., ::2]  # (2, 5, 2), strided: not contiguous
+        assert not xs.is_contiguous()
+        torch.testing.assert_close(a(xs)[0], b(xs)[0], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("unroll", [False, True], ids=["fused", "unrolled"])
+@pytest.mark.parametrize(("ours", "kw"), [(SpectralGRU, {}), (SpectralLSTM, {"proj_size": 1})],
+                         ids=["gru", "lstm_proj"])  # fmt: skip
+def test_gradcheck_and_gradgradcheck(ours, kw, unroll):
+    layer = ours(2, 2, num_layers=2, bidirectional=True, constraint="spectral",
+                 dtype=torch.float64, **kw).eval()  # fmt: skip
+    layer.unroll = unroll
+    x = torch.randn(3, 2, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: layer(x)[0], (x,))
+    assert torch.autograd.gradgradcheck(lambda x: layer(x)[0], (x,))
+
+
+def test_factory_kwargs_reach_parameters_and_buffers():
+    layer = SpectralLSTM(3, 4, bidirectional=True, constraint="spectral", dtype=torch.float64)
+    assert {p.dtype for p in layer.parameters()} == {torch.float64}
+    assert {b.dtype for b in layer.buffers()} == {torch.float64}
+    cell = SpectralGRUCell(3, 4, constraint="scaled", device="meta")
+    assert {p.device.type for p in cell.parameters()} == {"meta"}
+
+
 @pytest.mark.parametrize(("ours", "theirs"), LAYERS, ids=IDS)
 def test_fused_dropout_is_torch_dropout(ours, theirs):
     a = ours(3, 8, num_layers=3, dropout=0.4, bidirectional=True, constraint="none").train()
