@@ -213,28 +213,27 @@ class RecurrentLayer(RecurrentModule):
             )
         packed = isinstance(input, PackedSequence)
         if packed:
-            data, batch_sizes, sorted_idx, unsorted_idx = input
+            data, batch_sizes, sorted_idx, unsorted_idx = input  # data (N, I)
             self._check_input(data, packed=True)
             state = self._initial_state(hx, data, int(batch_sizes[0]), batched=True)
-            if sorted_idx is not None:
+            if sorted_idx is not None and hx is not None:  # hx is in the batch's own order
                 state = _permute(state, sorted_idx)
             x, batched = data, True
         else:
             batch_sizes = unsorted_idx = None
             self._check_input(input, packed=False)
             batched = input.dim() == 3
-            x = input if not batched or not self.batch_first else input.transpose(0, 1)
+            x = input.transpose(0, 1) if batched and self.batch_first else input
             x = x if batched else x.unsqueeze(1)  # (T, B, I)
             state = self._initial_state(hx, x, x.shape[1], batched)
         out, state = self._run(x, batch_sizes, state)
         if packed:
             out = PackedSequence(out, batch_sizes, sorted_idx, unsorted_idx)
-            return out, _permute(state, unsorted_idx) if unsorted_idx is not None else state
+            return out, state if unsorted_idx is None else _permute(state, unsorted_idx)
         if not batched:
-            out = out.squeeze(1)
-            return out, tuple(
-                s.squeeze(1) for s in state
-            ) if self.mode == "lstm" else state.squeeze(1)
+            out = out.squeeze(1)  # (T, D*R)
+            state = tuple(s.squeeze(1) for s in state) if self.mode == "lstm" else state.squeeze(1)
+            return out, state
         return (out.transpose(0, 1) if self.batch_first else out), state
 
     def _run(self, x: Tensor, batch_sizes: Tensor | None, state: State) -> tuple[Tensor, State]:
@@ -242,26 +241,26 @@ class RecurrentLayer(RecurrentModule):
         layout = paths.Layout(self.mode, self.num_layers, self.num_directions, self.bias,
                               self.proj_size > 0, self.dropout, self.training)  # fmt: skip
         modrelu = self.mode == "rnn_modrelu"
+        # modReLU's own kernel takes equal lengths only: packed modReLU input runs unrolled.
+        fused = not (self.unroll or self.is_recording or (modrelu and batch_sizes is not None))
         with parametrize.cached():  # constrained matrices computed once for this call
             flat = self._flat_weights
-            if not (
-                self.unroll or self._records is not None or (modrelu and batch_sizes is not None)
-            ):
-                if not modrelu:
-                    return paths.fused(layout, x, batch_sizes, state, flat)
-                return paths.fused_modrelu(
-                    layout, x, state, paths.units(layout, flat, self._extras())
-                )
-            if batch_sizes is None:
+            if fused and not modrelu:
+                return paths.fused(layout, x, batch_sizes, state, flat)
+            units = paths.units(layout, flat, self._extras())
+            if fused:
+                return paths.fused_modrelu(layout, x, state, units)
+            if batch_sizes is None:  # a padded batch is packed data of equal batch sizes
                 T, B = x.shape[:2]
-                sizes, data = [B] * T, x.reshape(T * B, x.shape[-1])
+                sizes, data = [B] * T, x.reshape(T * B, x.shape[-1])  # (T*B, I)
             else:
                 sizes, data = batch_sizes.tolist(), x
-            units = paths.units(layout, flat, self._extras())
-            out, state, rows = paths.unrolled(layout, data, sizes, state, units)
+            out, state, rows = paths.unrolled(layout, data, sizes, state, units)  # (N, D*R)
         if self._records is not None:
             self._records.append(rows)
-        return (out if batch_sizes is not None else out.reshape(*x.shape[:2], out.shape[-1])), state
+        if batch_sizes is None:
+            out = out.reshape(*x.shape[:2], out.shape[-1])  # (T, B, D*R)
+        return out, state
 
     def _extras(self) -> list[Tensor]:
         if self.mode != "rnn_modrelu":

@@ -88,12 +88,8 @@ class RecurrentModule(nn.Module):
                 f"init='torch'"
             )
         super().__init__()
-        self.mode, self.input_size, self.hidden_size, self.bias = (
-            mode,
-            input_size,
-            hidden_size,
-            bias,
-        )
+        self.mode, self.input_size, self.hidden_size = mode, input_size, hidden_size
+        self.bias = bias
         self.constraint, self.constraint_options = constraint, options
         self.init, self.chrono_init = init, chrono_init
         self.constrained_gates = None if constrained_gates is None else list(constrained_gates)
@@ -122,12 +118,13 @@ class RecurrentModule(nn.Module):
         raise NotImplementedError
 
     def _make_parameters(self, like: Tensor) -> None:
-        G, H, P = self.gates * self.hidden_size, self.hidden_size, self.proj_size
+        H, P = self.hidden_size, self.proj_size
+        GH = self.gates * H  # rows: the gate blocks stacked
         self._all_weights: list[list[str]] = []
         for suffix, in_size in self._units():
-            shapes = {"weight_ih": (G, in_size), "weight_hh": (G, P or H)}
+            shapes = {"weight_ih": (GH, in_size), "weight_hh": (GH, P or H)}
             if self.bias:
-                shapes.update(bias_ih=(G,), bias_hh=(G,))
+                shapes.update(bias_ih=(GH,), bias_hh=(GH,))
             elif not suffix:  # torch's cells register absent biases as None
                 self.register_parameter("bias_ih", None)
                 self.register_parameter("bias_hh", None)
