@@ -95,9 +95,19 @@ class ConvNorm(nn.Module):
         self._peak: tuple[int, tuple[float, ...]] | None = None
 
     def check(self, W: Tensor) -> None:
-        """Fail early, at registration, on a kernel or input shape that has no bound."""
+        """Fail early, at registration, on a kernel or input shape without a tight bound."""
+        g = self.geometry
+        size = None
         if self.input_shape is not None:
-            spatial_shape(self.input_shape, self.geometry.dims, W.shape[1] * self.geometry.groups)
+            size = spatial_shape(self.input_shape, g.dims, W.shape[1] * g.groups)
+        strided = any(s > 1 for s in g.stride)
+        if self.norm == "operator" and g.padding_mode == "circular" and strided:
+            if size is None or any(n % s for n, s in zip(size, g.stride, strict=True)):
+                raise ValueError(
+                    f"circular padding with stride {g.stride} has a tight bound only at an "
+                    f"input_shape= whose sizes the stride divides, got input_shape="
+                    f"{self.input_shape}"
+                )
         if self.norm == "operator" and W.device.type != "meta":
             with torch.no_grad():
                 conv_operator_norm(W, self.geometry, self.input_shape, self.slack)

@@ -48,7 +48,8 @@ What is guaranteed, by padding mode:
                         in every dimension (otherwise rows repeat and the norm can grow: a
                         ``ValueError``). With ``stride > 1`` and no ``input_shape`` (or a
                         size the stride does not divide) the stride-1 symbol is used: still
-                        a bound, possibly loose.
+                        a bound, but loose (the constraints refuse it; the Lipschitz probe
+                        uses it).
 ``reflect/replicate``   the padding itself stretches the input (a boundary value is copied),
                         so the symbol alone bounds nothing: ``ValueError``.
 ======================  =====================================================================
@@ -340,7 +341,7 @@ def _peak(K: Tensor, grid: Sequence[int], refine: int, angle: float) -> tuple[in
     best_g, best_f = divmod(int(values.argmax()), values.shape[1])
     if refine == 1:
         return best_g, tuple(float(w) for w in omega[best_f])
-    top = values.amax(0)  # (F,)
+    top = values.amax(0).cpu()  # (F,)
     best = float(top[best_f])
     peak = (best_g, tuple(float(w) for w in omega[best_f]))
     centres = omega[top >= best * math.cos(angle) * (1 - 1e-6)]  # (C, d)
