@@ -17,8 +17,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from seqnorm import constrain
+from seqnorm.constraints import ConvGeometry, conv_operator_norm
 from seqnorm.constraints.conv import conv_constraint_options
-from seqnorm.constraints.conv_norm import ConvGeometry, conv_operator_norm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -11,7 +11,7 @@ from torch import nn
 from torch.autograd.functional import jacobian
 
 from seqnorm import SpectralRNN, constrain
-from seqnorm.constraints.conv_norm import ConvGeometry, conv_operator_norm
+from seqnorm.constraints import ConvGeometry, conv_operator_norm
 from seqnorm.probes import (
     GELU_LIPSCHITZ,
     lipschitz_bound,

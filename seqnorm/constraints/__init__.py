@@ -29,7 +29,8 @@ cap the convolution's operator norm (:class:`ConvSpectral`, :func:`conv_operator
 from .band import Band
 from .bound import Bound
 from .conv import CONV_CONSTRAINTS, ConvBound, ConvNorm, ConvScaled, ConvSpectral
-from .conv_norm import ConvGeometry, conv_operator_norm, conv_power_norm, reshaped_kernel_norm
+from .conv_geometry import CONV_TYPES, ConvGeometry
+from .conv_norm import conv_operator_norm, conv_power_norm, reshaped_kernel_norm
 from .gates import GateSubset
 from .norm import ESTIMATORS, SigmaNorm
 from .orthogonal import MAPS, Orthogonal
@@ -48,6 +49,7 @@ from .spectral import Spectral
 __all__ = [
     "CONSTRAINTS",
     "CONV_CONSTRAINTS",
+    "CONV_TYPES",
     "ESTIMATORS",
     "MAPS",
     "Band",

@@ -29,13 +29,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from .conv_norm import (
-    ConvGeometry,
-    conv_operator_norm,
-    reshaped_kernel_norm,
-    spatial_shape,
-    symbol_peak,
-)
+from .conv_geometry import ConvGeometry, spatial_shape
+from .conv_norm import conv_operator_norm, reshaped_kernel_norm, symbol_peak
 
 __all__ = [
     "CONV_CONSTRAINTS",

@@ -18,7 +18,7 @@ from ..linalg import as_blocks, compute_dtype
 from .band import Band
 from .bound import Bound
 from .conv import constrain_conv
-from .conv_norm import CONV_TYPES
+from .conv_geometry import CONV_TYPES
 from .gates import GateSubset
 from .norm import SigmaNorm
 from .orthogonal import Orthogonal

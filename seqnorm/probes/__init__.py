@@ -12,7 +12,8 @@ reading ``x[t]``; column ``t`` of :func:`hidden_grad_norms` belongs to ``h[t]``.
   gate block of every ``weight_hh_l{k}``.
 * :func:`lipschitz_bound`, :func:`lipschitz_factors` -- a certified bound on the Lipschitz
   constant of a feed-forward network (Linear, Conv, activations, pools, eval BatchNorm) as
-  the product of its layers' constants; :func:`local_lipschitz` -- ``max_i ||J_f(x_i)||_2``.
+  the product of its layers' constants (:func:`layer_lipschitz`); :func:`local_lipschitz` --
+  ``max_i ||J_f(x_i)||_2``.
 
 "Pure" means: no ``.grad`` is written (gradients come from :func:`torch.autograd.grad`),
 buffers that a forward pass in training mode would update (the power-iteration vectors of
@@ -24,7 +25,8 @@ mode gives a deterministic probe; in training mode the model's own dropout still
 from .curves import MAX_FIT_POINTS, decay_rate, grad_ratio, log10_norms, summarize
 from .gradients import hidden_grad_norms
 from .jacobian import jacobian_norms
-from .lipschitz import GELU_LIPSCHITZ, lipschitz_bound, lipschitz_factors, local_lipschitz
+from .layer_lipschitz import GELU_LIPSCHITZ, layer_lipschitz
+from .lipschitz import lipschitz_bound, lipschitz_factors, local_lipschitz
 from .recording import StateRecording, find_layers, record_hidden_states
 from .spectrum import weight_spectrum
 
@@ -37,6 +39,7 @@ __all__ = [
     "grad_ratio",
     "hidden_grad_norms",
     "jacobian_norms",
+    "layer_lipschitz",
     "lipschitz_bound",
     "lipschitz_factors",
     "local_lipschitz",
