@@ -5,14 +5,17 @@
 #
 # torch is installed first and on its own: a plain `torch` requirement with no torch present
 # pulls a multi-GB CUDA build. TORCH_SPEC picks the wheel. The default is the CPU build of the
-# release the project is tested with, `torch==2.13.0+cpu`, from PyTorch's wheel page (its
-# dependencies from PyPI); a local copy of that wheel in pip's find-links, as on this
-# project's CI machines, is used offline.
+# release the project is tested with, `torch==2.13.0+cpu`. pip looks for it first where pip is
+# set up to look (a local copy in pip's find-links, as on this project's CI machines, or a
+# mirror), and only when it is not there on PyTorch's wheel page, TORCH_WHEELS (its
+# dependencies from PyPI): a machine that cannot reach that page never waits on it, and a
+# connected one gets the same wheel from it as before.
 # With a GPU:  make setup TORCH_SPEC=torch    (PyPI's CUDA build, any release >= 2.2)
 
 PYTHON ?= python3
 VENV ?= .venv
-TORCH_SPEC ?= torch==2.13.0+cpu --find-links https://download.pytorch.org/whl/torch/
+TORCH_SPEC ?= torch==2.13.0+cpu
+TORCH_WHEELS ?= https://download.pytorch.org/whl/torch/
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.seqnorm-installed
 
@@ -22,7 +25,9 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(PY) -m pip install --quiet $(TORCH_SPEC) 2>/dev/null || { \
+	  echo "$(TORCH_SPEC) is not in pip's local or default index: trying $(TORCH_WHEELS)"; \
+	  $(PY) -m pip install --quiet $(TORCH_SPEC) --find-links $(TORCH_WHEELS); }
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 

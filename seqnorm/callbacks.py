@@ -7,10 +7,13 @@
 
 They log to whatever loggers the trainer has. Scalars go to every logger
 (``logger.log_metrics``). Figures and the per-step table are written, on rank 0, as PNG and
-CSV files under ``<log dir>/gradient_flow/`` (``spectrum/``), where the log dir is the first
-logger's ``log_dir`` (CSV, TensorBoard) or ``save_dir`` (others), else
-``trainer.default_root_dir``; with a ``WandbLogger`` they are logged as images and a table
-as well. W&B is never imported here: a W&B logger is recognised by its class name.
+CSV files into ``dirpath``: by default ``<log dir>/gradient_flow/`` (``spectrum/``), where the
+log dir is the first logger's ``log_dir`` (CSV, TensorBoard) or ``save_dir`` (others), else
+``trainer.default_root_dir`` (the ``seqnorm`` CLI sets ``dirpath`` inside the run
+directory). Every CSV row starts with the run's id (``run_id``: the argument, else the W&B
+run id, else the first logger's version), so tables of several runs can be stacked. With a
+``WandbLogger`` the figures and table are logged as images and a table as well. W&B is never
+imported here: a W&B logger is recognised by its class name.
 
 The probes change nothing in training: they run in eval mode (no dropout, no update of the
 constraints' power-iteration vectors; every module's mode is restored afterwards), take
@@ -39,7 +42,6 @@ from . import plots
 from .probes import find_layers, hidden_grad_norms, summarize, weight_spectrum
 
 __all__ = ["GradientFlowMonitor", "SpectrumMonitor"]
-
 
 
 def _is_wandb(logger: Any) -> bool:
@@ -71,9 +73,16 @@ class _Monitor(pl.Callback):
     dirname = "probes"
 
     def __init__(
-        self, every_n_steps: int, log_images: bool, image_every_n_steps: int | None
+        self,
+        every_n_steps: int,
+        log_images: bool,
+        image_every_n_steps: int | None,
+        dirpath: str | None = None,
+        run_id: str | None = None,
     ) -> None:
         self.every_n_steps = _check_int("every_n_steps", every_n_steps, 1)
+        self.dirpath = dirpath
+        self.run_id = run_id
         self.log_images = bool(log_images)
         if image_every_n_steps is None:
             image_every_n_steps = 10 * every_n_steps
@@ -140,7 +149,9 @@ class _Monitor(pl.Callback):
 
     # -- output ----------------------------------------------------------------------------
     def output_dir(self, trainer: pl.Trainer) -> Path:
-        """Where the files go: ``<log dir>/<dirname>`` (see the module docstring)."""
+        """Where the files go: ``dirpath``, else ``<log dir>/<dirname>`` (module docstring)."""
+        if self.dirpath is not None:
+            return Path(self.dirpath)
         root = None
         if trainer.loggers:
             lg = trainer.loggers[0]
@@ -152,15 +163,27 @@ class _Monitor(pl.Callback):
         for lg in trainer.loggers:
             lg.log_metrics(metrics, step=step)
 
+    def run_name(self, trainer: pl.Trainer) -> str:
+        """The ``run_id`` column: ``run_id``, else the W&B run id, else the first logger's
+        version (``""`` without a logger)."""
+        if self.run_id is not None:
+            return str(self.run_id)
+        loggers = sorted(trainer.loggers, key=lambda lg: not _is_wandb(lg))
+        if not loggers:
+            return ""
+        version = loggers[0].version
+        return f"version_{version}" if isinstance(version, int) else str(version)
+
     def _append_csv(self, trainer: pl.Trainer, name: str, header: list[str], rows: list) -> None:
         path = self.output_dir(trainer) / name
         path.parent.mkdir(parents=True, exist_ok=True)
         new = not path.exists()
+        run = self.run_name(trainer)
         with path.open("a", newline="") as f:
             w = csv.writer(f)
             if new:
-                w.writerow(header)
-            w.writerows(rows)
+                w.writerow(["run_id", *header])
+            w.writerows([run, *row] for row in rows)
 
     @staticmethod
     def _row_labels(pl_module: pl.LightningModule) -> list[tuple[str, Any]]:
@@ -192,7 +215,8 @@ class GradientFlowMonitor(_Monitor):
       layer when stacked, see :func:`seqnorm.probes.summarize`: a negative rate means the
       gradient vanishes going back in time), ``probe/sigma_max/l{k}/{gate}`` and
       ``probe/lipschitz_bound`` (see :func:`seqnorm.probes.weight_spectrum`);
-    * ``gradient_flow/grad_norms.csv`` (``step, layer, t, norm``; appended every probe);
+    * ``gradient_flow/grad_norms.csv`` (``run_id, step, layer, t, norm``; appended every
+      probe);
     * figures ``gradient_flow/heatmap.png`` (``log10 ||dL/dh[t]||`` over training steps)
       and ``curve.png`` (the current curve), redrawn at most every
       ``image_every_n_steps`` and at the end of training (drawing a figure costs more
@@ -211,6 +235,9 @@ class GradientFlowMonitor(_Monitor):
         log_images: draw and log the figures (the CSV and scalars are always logged).
         image_every_n_steps: redraw the figures at most this often (default
             ``10 * every_n_steps``).
+        dirpath: folder of the CSV and figures (default ``<log dir>/gradient_flow``).
+        run_id: the ``run_id`` column of the CSV (default: the W&B run id, else the first
+            logger's version).
     """
 
     dirname = "gradient_flow"
@@ -221,8 +248,10 @@ class GradientFlowMonitor(_Monitor):
         num_samples: int = 32,
         log_images: bool = True,
         image_every_n_steps: int | None = None,
+        dirpath: str | None = None,
+        run_id: str | None = None,
     ) -> None:
-        super().__init__(every_n_steps, log_images, image_every_n_steps)
+        super().__init__(every_n_steps, log_images, image_every_n_steps, dirpath, run_id)
         self.num_samples = _check_int("num_samples", num_samples, 1)
         self.history: list[tuple[int, Tensor]] = []
         self._batch: tuple[Tensor, Tensor] | None = None
@@ -330,7 +359,7 @@ class SpectrumMonitor(_Monitor):
 
     At step 0 and every ``every_n_steps`` optimizer steps it logs scalars
     ``probe/sigma_min/l{k}/{gate}`` and ``probe/stable_rank/l{k}/{gate}``, appends every
-    singular value to ``spectrum/singular_values.csv`` (``step, layer, gate, index,
+    singular value to ``spectrum/singular_values.csv`` (``run_id, step, layer, gate, index,
     sigma``), and draws ``spectrum/spectrum.png`` (one line per recorded step in each
     gate's panel; :func:`seqnorm.plots.spectrum_figure`) at most every
     ``image_every_n_steps`` and at the end of training; with a ``WandbLogger`` the figure
@@ -341,6 +370,9 @@ class SpectrumMonitor(_Monitor):
         log_images: draw and log the figure.
         image_every_n_steps: redraw the figure at most this often (default
             ``10 * every_n_steps``).
+        dirpath: folder of the CSV and figure (default ``<log dir>/spectrum``).
+        run_id: the ``run_id`` column of the CSV (default: the W&B run id, else the first
+            logger's version).
     """
 
     dirname = "spectrum"
@@ -350,8 +382,10 @@ class SpectrumMonitor(_Monitor):
         every_n_steps: int = 100,
         log_images: bool = True,
         image_every_n_steps: int | None = None,
+        dirpath: str | None = None,
+        run_id: str | None = None,
     ) -> None:
-        super().__init__(every_n_steps, log_images, image_every_n_steps)
+        super().__init__(every_n_steps, log_images, image_every_n_steps, dirpath, run_id)
         #: ``(step, [singular values (num_layers, gates, H) per seqnorm layer])``.
         self.history: list[tuple[int, list[Tensor]]] = []
         self._names: list[tuple[str, tuple[str, ...]]] = []

@@ -7,6 +7,7 @@ The task wiring (``input_kind``, ``input_dim``, ``output_kind``, ``num_classes``
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytorch_lightning as pl
@@ -60,8 +61,6 @@ class SeqModel(pl.LightningModule):
         lr_scheduler: optional scheduler factory; ``ReduceLROnPlateau`` monitors ``val/loss``.
         spectral_penalty: weight of ``sum((sigma_max - 1)^2)`` over all gate blocks, a soft
             alternative to a hard constraint (0 disables it).
-        log_sigma_every_n_steps: log exact per-gate ``sigma_max`` of every ``weight_hh``
-            every this many training steps (0 disables it).
         unroll: use the unrolled per-step path for training (slower; the probes switch it
             on by themselves when they need it).
         stop_on_nonfinite: stop with :class:`NonFiniteLossError` (naming the step) as soon as
@@ -100,7 +99,6 @@ class SeqModel(pl.LightningModule):
         optimizer: OptimizerCallable = _default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
         spectral_penalty: float = 0.0,
-        log_sigma_every_n_steps: int = 50,
         unroll: bool = False,
         stop_on_nonfinite: bool = True,
         tbptt_steps: int | None = None,
@@ -123,10 +121,6 @@ class SeqModel(pl.LightningModule):
                 raise ValueError(f"{name} must be an int >= 1, got {val!r}")
         if not spectral_penalty >= 0:
             raise ValueError(f"spectral_penalty must be >= 0, got {spectral_penalty!r}")
-        if not isinstance(log_sigma_every_n_steps, int) or log_sigma_every_n_steps < 0:
-            raise ValueError(
-                f"log_sigma_every_n_steps must be an int >= 0, got {log_sigma_every_n_steps!r}"
-            )
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
@@ -135,7 +129,6 @@ class SeqModel(pl.LightningModule):
         self.output_kind, self.num_classes = output_kind, num_classes
         self.baseline = baseline
         self.spectral_penalty = float(spectral_penalty)
-        self.log_sigma_every_n_steps = log_sigma_every_n_steps
         self.stop_on_nonfinite = stop_on_nonfinite
         if tbptt_steps is not None and (not isinstance(tbptt_steps, int) or tbptt_steps < 1):
             raise ValueError(f"tbptt_steps must be None or an int >= 1, got {tbptt_steps!r}")
@@ -182,15 +175,22 @@ class SeqModel(pl.LightningModule):
         return self.output_kind != "last_regression"
 
     def _make_metrics(self) -> nn.ModuleDict:
+        """``loss`` and ``acc`` (last-step classes) or ``mse`` (regression); per-step tasks
+        (copy memory) log ``symbol_acc``, the accuracy on the non-blank targets -- the
+        symbols to recall -- and ``acc_all_steps``, every output counted (blanks are most of
+        them: it reads (T + 10) / (T + 20) for a model that only ever outputs blank)."""
         m: dict[str, nn.Module] = {"loss": MeanMetric()}
-        if self.is_classification:
-            m["acc"] = Accuracy(task="multiclass", num_classes=self.num_classes, average="micro")
+        if self.output_kind == "per_step_class":
+            m["symbol_acc"] = self._accuracy()
+            m["acc_all_steps"] = self._accuracy()
+        elif self.is_classification:
+            m["acc"] = self._accuracy()
         else:
             m["mse"] = MeanSquaredError()
-        if self.output_kind == "per_step_class":
-            # accuracy on the non-blank targets: the symbols the model must recall
-            m["symbol_acc"] = MeanMetric()
         return nn.ModuleDict(m)
+
+    def _accuracy(self) -> Accuracy:
+        return Accuracy(task="multiclass", num_classes=self.num_classes, average="micro")
 
     # -- forward and loss -----------------------------------------------------------------
     def encode(self, x: Tensor) -> Tensor:
@@ -265,15 +265,16 @@ class SeqModel(pl.LightningModule):
         bs = y.shape[0]
         # Calling a metric (not .update) also caches the batch value Lightning logs per step.
         metrics["loss"](loss.detach(), weight=bs)
-        if self.is_classification:
-            pred = output.argmax(-1)
-            metrics["acc"](pred.flatten(), y.flatten())
+        if self.output_kind == "per_step_class":
+            pred = output.argmax(-1)  # (B, T)
+            keep = y != 0  # the symbols to recall (0 is the blank)
+            if keep.any():
+                metrics["symbol_acc"](pred[keep], y[keep])
+            metrics["acc_all_steps"](pred.flatten(), y.flatten())
+        elif self.is_classification:
+            metrics["acc"](output.argmax(-1), y)
         else:
             metrics["mse"](output.detach(), y.to(output.dtype))
-        if "symbol_acc" in metrics:
-            keep = y != 0
-            if keep.any():
-                metrics["symbol_acc"]((pred[keep] == y[keep]).float().mean(), keep.sum())
         on_step = split == "train"
         for name, metric in metrics.items():
             self.log(
@@ -314,7 +315,7 @@ class SeqModel(pl.LightningModule):
             output = self._readout(out)
             loss = self.loss(output, target)
             if self.stop_on_nonfinite and not torch.isfinite(loss):
-                raise self._non_finite(f"loss ({loss.item()})")
+                raise self._non_finite(f"loss ({loss.item()})", (chunk, target))
             opt.zero_grad()
             self.manual_backward(loss)
             opt.step()
@@ -341,32 +342,48 @@ class SeqModel(pl.LightningModule):
         if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau) and val is not None:
             sched.step(val)
 
-    def _non_finite(self, what: str) -> NonFiniteLossError:
-        ckpt = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none yet"
+    def _non_finite(self, what: str, batch: Any) -> NonFiniteLossError:
+        """The error for a non-finite ``what``: whether the input batch caused it, the newest
+        checkpoint of any ModelCheckpoint, and what to do."""
+        bad = [
+            f"{name} ({int((~torch.isfinite(t)).sum())} values)"
+            for name, t in zip(("inputs", "targets"), batch or (), strict=False)
+            if isinstance(t, Tensor) and t.is_floating_point() and not torch.isfinite(t).all()
+        ]
+        if bad:
+            head = (
+                f"non-finite input batch at step {self.global_step}: the {' and '.join(bad)} "
+                f"hold NaN/inf, which made the {what} non-finite"
+            )
+            advice = "check the data: the DataModule or its files"
+        else:
+            head = f"non-finite {what} at step {self.global_step} (the input batch is finite)"
+            advice = "lower the learning rate or set trainer.gradient_clip_val"
         return NonFiniteLossError(
-            f"non-finite {what} at step {self.global_step}; training stopped before the update, "
-            f"last good checkpoint: {ckpt} (lower the learning rate or set "
-            "trainer.gradient_clip_val)"
+            f"{head}; training stopped before the update, last good checkpoint: "
+            f"{self._newest_checkpoint()} ({advice})"
         )
 
+    def _newest_checkpoint(self) -> str:
+        """The newest file any ModelCheckpoint of the trainer has saved, or ``none yet``."""
+        paths: set[str] = set()
+        for cb in self.trainer.checkpoint_callbacks:
+            paths.update(getattr(cb, "best_k_models", {}))
+            paths.update((getattr(cb, "last_model_path", ""), getattr(cb, "best_model_path", "")))
+        found = [p for p in paths if p and os.path.isfile(p)]
+        return max(found, key=os.path.getmtime) if found else "none yet"
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        self._batch_in_step = batch  # to tell a bad batch from a bad update, if one comes
         if self.tbptt_steps:
             return self._tbptt_step(batch)
         loss = self._step(batch, "train")
         if self.stop_on_nonfinite and not torch.isfinite(loss):
-            raise self._non_finite(f"loss ({loss.item()})")
+            raise self._non_finite(f"loss ({loss.item()})", batch)
         if self.spectral_penalty:
             pen = self.penalty()
             self.log("train/spectral_penalty", pen.detach(), on_step=True, on_epoch=False)
             loss = loss + self.spectral_penalty * pen
-        n = self.log_sigma_every_n_steps
-        if n and self.global_step % n == 0 and self.trainer.is_global_zero:
-            # Straight to the loggers at this step: self.log would hold the value until the
-            # next log_every_n_steps flush and write it there, under the wrong step.
-            with torch.no_grad():
-                metrics = {f"sigma_max/{k}": float(v) for k, v in self.sigma_max().items()}
-            for lg in self.loggers:
-                lg.log_metrics(metrics, step=self.global_step)
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -374,7 +391,11 @@ class SeqModel(pl.LightningModule):
             return
         grads = [p.grad.detach().norm() for p in self.parameters() if p.grad is not None]
         if grads and not torch.isfinite(torch.stack(grads).sum()):
-            raise self._non_finite("gradient")
+            name = next(
+                n for n, p in self.named_parameters()
+                if p.grad is not None and not torch.isfinite(p.grad).all()
+            )  # fmt: skip
+            raise self._non_finite(f"gradient of {name}", getattr(self, "_batch_in_step", None))
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._step(batch, "val")

@@ -15,13 +15,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib.axis import Axis
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from torch import Tensor
 
 from .probes import log10_norms
 
-__all__ = ["grad_norm_curve", "grad_norm_heatmap", "save", "spectrum_figure", "to_rgb_array"]
+__all__ = [
+    "grad_norm_curve",
+    "grad_norm_heatmap",
+    "heatmap_limits",
+    "save",
+    "spectrum_figure",
+    "to_rgb_array",
+]
 
 #: Most training-step rows a heatmap draws (evenly subsampled beyond that).
 MAX_HEATMAP_ROWS = 400
@@ -45,12 +54,18 @@ def _figure(
 
 
 def _edges(centers: np.ndarray) -> np.ndarray:
-    """Cell edges around sorted centers (half-way between neighbours; +-0.5 for one)."""
+    """Cell edges around sorted centers: half-way between neighbours, the outer edges on the
+    first and last center (so the axis spans exactly the recorded steps); +-0.5 for one."""
     c = centers.astype(float)
     if len(c) == 1:
         return np.array([c[0] - 0.5, c[0] + 0.5])
-    mid = (c[1:] + c[:-1]) / 2
-    return np.concatenate([[2 * c[0] - mid[0]], mid, [2 * c[-1] - mid[-1]]])
+    return np.concatenate([[c[0]], (c[1:] + c[:-1]) / 2, [c[-1]]])
+
+
+def _integer_ticks(*axes: Axis) -> None:
+    """Ticks at whole numbers only (training and time steps are counts)."""
+    for axis in axes:
+        axis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
 
 
 def _as_rows(norms: ArrayLike, what: str) -> Tensor:
@@ -70,22 +85,8 @@ def _labels(labels: Sequence[str] | None, n: int) -> list[str]:
     return list(labels)
 
 
-def grad_norm_heatmap(
-    history: Sequence[tuple[int, ArrayLike]],
-    labels: Sequence[str] | None = None,
-) -> Figure:
-    """Heatmap of ``log10 ||dL/dh[t]||``: time step ``t`` across, training step up.
-
-    Args:
-        history: ``(training step, norms)`` pairs, norms ``(T,)`` or ``(rows, T)`` as
-            :func:`seqnorm.probes.hidden_grad_norms` returns them, all the same shape; rows
-            are drawn in step order (the last pair wins for a repeated step).
-        labels: a name per row (default ``l0, l1, ...``); one panel per row.
-
-    >>> fig = grad_norm_heatmap([(0, torch.ones(20)), (100, torch.rand(20))])
-    >>> len(fig.axes)  # one panel and its colour bar
-    2
-    """
+def _history_grid(history: Sequence[tuple[int, ArrayLike]]) -> tuple[np.ndarray, np.ndarray]:
+    """``(steps, log10 norms (steps, rows, T))`` of a heatmap history, checked and thinned."""
     if not history:
         raise ValueError("history must hold at least one (step, norms) pair, got none")
     latest = {int(s): n for s, n in history}  # a step seen twice (a resumed run): the last
@@ -97,18 +98,76 @@ def grad_norm_heatmap(
     if len(steps) > MAX_HEATMAP_ROWS:
         keep = np.unique(np.linspace(0, len(steps) - 1, MAX_HEATMAP_ROWS).round().astype(int))
         steps, curves = steps[keep], [curves[i] for i in keep]
-    z = log10_norms(torch.stack(curves)).numpy()  # (steps, rows, T)
+    return steps, log10_norms(torch.stack(curves)).numpy()
+
+
+def heatmap_limits(*histories: Sequence[tuple[int, ArrayLike]]) -> tuple[float, float] | None:
+    """One colour scale for several heatmaps: the finite ``log10 ||dL/dh[t]||`` range of all.
+
+    Pass the result as ``vmin, vmax`` to every :func:`grad_norm_heatmap` drawn side by side,
+    so that one colour means one gradient norm in all of them.
+
+    Args:
+        histories: the histories of the heatmaps (as :func:`grad_norm_heatmap` takes them).
+
+    Returns:
+        ``(vmin, vmax)``, or ``None`` when no value is finite.
+
+    >>> a, b = [(0, torch.full((5,), 10.0))], [(0, torch.full((5,), 1e-3))]
+    >>> heatmap_limits(a, b)
+    (-3.0, 1.0)
+    """
+    if not histories:
+        raise ValueError("heatmap_limits needs at least one history, got none")
+    finite = np.concatenate([z[np.isfinite(z)] for z in (_history_grid(h)[1] for h in histories)])
+    return (float(finite.min()), float(finite.max())) if finite.size else None
+
+
+def grad_norm_heatmap(
+    history: Sequence[tuple[int, ArrayLike]],
+    labels: Sequence[str] | None = None,
+    vmin: float | None = None,
+    vmax: float | None = None,
+) -> Figure:
+    """Heatmap of ``log10 ||dL/dh[t]||``: time step ``t`` across, training step up.
+
+    The training-step axis spans exactly the recorded steps (whole numbers only), so a run
+    probed twice draws two bands between its two steps.
+
+    Args:
+        history: ``(training step, norms)`` pairs, norms ``(T,)`` or ``(rows, T)`` as
+            :func:`seqnorm.probes.hidden_grad_norms` returns them, all the same shape; rows
+            are drawn in step order (the last pair wins for a repeated step).
+        labels: a name per row (default ``l0, l1, ...``); one panel per row.
+        vmin: the ``log10`` norm at the bottom of the colour scale (default: this
+            history's smallest finite value); give heatmaps shown together the same
+            ``vmin`` and ``vmax`` (:func:`heatmap_limits`).
+        vmax: the ``log10`` norm at the top of the colour scale (default: the largest).
+
+    >>> fig = grad_norm_heatmap([(0, torch.ones(20)), (100, torch.rand(20))])
+    >>> len(fig.axes)  # one panel and its colour bar
+    2
+    >>> [float(y) for y in fig.axes[0].get_ylim()]  # the recorded steps, no margin
+    [0.0, 100.0]
+    """
+    steps, z = _history_grid(history)  # z: (steps, rows, T)
     rows, T = z.shape[1:]
     names = _labels(labels, rows)
+    own = heatmap_limits(history) or (None, None)
+    vmin = own[0] if vmin is None else float(vmin)
+    vmax = own[1] if vmax is None else float(vmax)
+    if vmin is not None and vmax is not None and not vmin < vmax:
+        if vmin > vmax:
+            raise ValueError(f"vmin must be below vmax, got vmin={vmin}, vmax={vmax}")
+        vmin, vmax = vmin - 0.5, vmax + 0.5  # one value everywhere: centre it on the scale
     fig, axes = _figure(rows, 1, 7.0, 1.0 + 2.4 * rows, colorbar=True)
-    finite = z[np.isfinite(z)]
-    vmin, vmax = (finite.min(), finite.max()) if finite.size else (None, None)
     t_edges, step_edges = _edges(np.arange(T)), _edges(steps)
     for k, ax in enumerate(axes[:, 0]):
         mesh = ax.pcolormesh(t_edges, step_edges, z[:, k], shading="flat", cmap="viridis",
                              vmin=vmin, vmax=vmax, rasterized=True)  # fmt: skip
         ax.set_ylabel("training step")
         ax.set_title(f"{names[k]}: log10 ||dL/dh[t]||", fontsize="medium")
+        _integer_ticks(ax.xaxis, ax.yaxis)
         if k == rows - 1:
             ax.set_xlabel("time step t")
     fig.colorbar(mesh, ax=axes[:, 0].tolist(), label="log10 ||dL/dh[t]||", fraction=0.04)
@@ -137,6 +196,7 @@ def grad_norm_curve(
     for k in range(z.shape[0]):
         ax.plot(np.arange(z.shape[1]), z[k], label=names[k], lw=1.5)
     ax.set_xlabel("time step t")
+    _integer_ticks(ax.xaxis)
     ax.set_ylabel("log10 ||dL/dh[t]||")
     title = "gradient norm per time step"
     ax.set_title(title if step is None else f"{title} (training step {step})")
@@ -182,7 +242,7 @@ def spectrum_figure(
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 
-    norm = Normalize(lo, hi if hi > lo else lo + 1)
+    norm = Normalize(lo, hi) if hi > lo else Normalize(lo - 0.5, lo + 0.5)
     cmap = colormaps["viridis"]
     idx = np.arange(1, H + 1)
     for step, s in zip(steps, svs, strict=True):
@@ -196,13 +256,18 @@ def spectrum_figure(
             ax.set_title(f"l{k}/{gates[g]}", fontsize="medium")
             ax.axhline(1.0, color="grey", lw=0.8, ls="--")
             ax.grid(alpha=0.3)
+            _integer_ticks(ax.xaxis)
             if k == L - 1:
                 ax.set_xlabel("index i")
             if g == 0:
                 ax.set_ylabel("sigma_i")
-    fig.colorbar(
+    bar = fig.colorbar(
         ScalarMappable(norm, cmap), ax=axes.ravel().tolist(), label="training step", fraction=0.03
     )
+    if hi > lo:
+        _integer_ticks(bar.ax.yaxis)
+    else:  # one recorded step: one tick, at it
+        bar.set_ticks([lo])
     return fig
 
 

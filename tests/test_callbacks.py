@@ -26,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _model_and_data(**model_kw: Any) -> tuple[SeqModel, CopyMemoryDataModule]:
     dm = CopyMemoryDataModule(seq_len=5, batch_size=8, num_train=48, num_val=16, seed=3)
-    kw = {"cell": "gru", "hidden_size": 8, "log_sigma_every_n_steps": 0, **model_kw}
+    kw = {"cell": "gru", "hidden_size": 8, **model_kw}
     return SeqModel.from_datamodule(dm, **kw), dm
 
 
@@ -83,6 +83,41 @@ def test_csv_logger_gets_files_and_metrics(tmp_path: Path) -> None:
     # the constraint holds: every gate's sigma_max is 1
     assert float(probe[4]["probe/sigma_max/l0/n"]) == pytest.approx(1.0, abs=1e-3)
     assert any(r.get("probe/stable_rank/l0/r") for r in metrics)
+
+
+def test_csv_rows_carry_the_run_id_and_dirpath_places_the_files(tmp_path: Path) -> None:
+    """Two runs into one folder: every row says which run it came from."""
+    out = tmp_path / "shared"
+    for run_id in ("first", None):
+        model, dm = _model_and_data()
+        flow = GradientFlowMonitor(every_n_steps=2, num_samples=4, log_images=False,
+                                   dirpath=str(out / "flow"), run_id=run_id)  # fmt: skip
+        spec = SpectrumMonitor(every_n_steps=2, log_images=False, dirpath=str(out / "spec"),
+                               run_id=run_id)  # fmt: skip
+        logger = CSVLogger(tmp_path / "logs", name="")
+        _trainer(tmp_path, [flow, spec], logger, max_steps=2).fit(model, dm)
+    grad = _read_csv(out / "flow" / "grad_norms.csv")
+    sv = _read_csv(out / "spec" / "singular_values.csv")
+    T = dm.seq_len
+    # first run: its given id; second: the logger's version (version_1: a second CSV version)
+    assert [r["run_id"] for r in grad] == ["first"] * 2 * T + ["version_1"] * 2 * T
+    assert [r["step"] for r in grad[: 2 * T]] == [r["step"] for r in grad[2 * T :]]
+    assert list(sv[0]) == ["run_id", "step", "layer", "gate", "index", "sigma"]
+    assert {r["run_id"] for r in sv} == {"first", "version_1"}
+    assert not (tmp_path / "logs" / "version_0" / "gradient_flow").exists()
+
+
+def test_one_sigma_series(tmp_path: Path) -> None:
+    """sigma_max is logged once, under probe/sigma_max/..., at the monitor's steps."""
+    model, dm = _model_and_data()
+    flow = GradientFlowMonitor(every_n_steps=2, num_samples=4, log_images=False)
+    spec = SpectrumMonitor(every_n_steps=2, log_images=False)
+    trainer = _trainer(tmp_path, [flow, spec], CSVLogger(tmp_path, name="run"))
+    trainer.fit(model, dm)
+    rows = _read_csv(Path(trainer.logger.log_dir) / "metrics.csv")
+    sigma = sorted({k for r in rows for k, v in r.items() if "sigma_max" in k})
+    assert sigma == ["probe/sigma_max/l0/n", "probe/sigma_max/l0/r", "probe/sigma_max/l0/z"]
+    assert [int(r["step"]) for r in rows if r["probe/sigma_max/l0/z"]] == [0, 2, 4]
 
 
 class WandbLogger(Logger):

@@ -1,12 +1,15 @@
-"""The console script end to end: every config fits, resume, validate/test, clear errors."""
+"""The console script end to end: every config fits, one directory per run, resume,
+validate/test, data found from any directory, clear errors."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import MNIST_DIR, subprocess_env
 from wandb_offline import read_offline_run
 
@@ -37,6 +40,18 @@ DATA_TINY = {
     ],
 }
 DATA_TINY["psmnist"] = DATA_TINY["smnist"]
+#: Tiny data options by DataModule, for configs added later (e.g. the published recipes).
+DATA_TINY_BY_CLASS = {
+    "seqnorm.data.CopyMemoryDataModule": DATA_TINY["copy"],
+    "seqnorm.data.AddingDataModule": DATA_TINY["adding"],
+    "seqnorm.data.SequentialMNISTDataModule": DATA_TINY["smnist"],
+    "seqnorm.data.PermutedMNISTDataModule": DATA_TINY["smnist"],
+}
+
+
+def data_tiny(config: Path) -> list[str]:
+    data = yaml.safe_load(config.read_text())["data"]["class_path"]
+    return DATA_TINY.get(config.stem) or DATA_TINY_BY_CLASS[data]
 
 
 def seqnorm(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -56,6 +71,14 @@ def _needs_mnist(name: str) -> None:
         pytest.skip(f"real MNIST files not found at {MNIST_DIR}")
 
 
+def _last_line(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("seqnorm: error:"), last
+    return last
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
 def test_every_config_fits(config, tmp_path):
@@ -67,16 +90,19 @@ def test_every_config_fits(config, tmp_path):
         "--trainer.max_steps",
         "3",
         *TINY,
-        *DATA_TINY[config.stem],
+        *data_tiny(config),
         cwd=tmp_path,
     )
-    ckpts = list((tmp_path / "runs" / config.stem / "checkpoints").glob("last*.ckpt"))
-    assert ckpts, f"no checkpoint written for {config.name}"
+    (run_dir,) = (tmp_path / "runs" / config.stem).iterdir()  # one run, one directory
+    assert run_dir.name == "version_0"
+    ckpts = list(run_dir.rglob("last*.ckpt"))
+    assert len(ckpts) == 1, f"no (or several) last checkpoints for {config.name}: {ckpts}"
     state = torch.load(ckpts[0], map_location="cpu", weights_only=False)
     assert state["global_step"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]  # nothing outside it
     # The config's offline W&B run: probe scalars and images in its history, the whole CLI
     # configuration in its config.
-    run = read_offline_run(tmp_path / "runs" / config.stem)
+    run = read_offline_run(run_dir)
     for key in ("probe/decay_rate", "probe/grad_ratio", "probe/sigma_max/l0/z",
                 "probe/gradient_flow/heatmap/_type", "probe/spectrum/spectrum/_type"):  # fmt: skip
         assert key in run["history_keys"], key
@@ -85,25 +111,80 @@ def test_every_config_fits(config, tmp_path):
     assert list(run["run_dir"].glob("files/media/images/probe/gradient_flow/heatmap_*.png"))
 
 
+def _outputs(run_dir: Path) -> dict[str, bytes]:
+    """Every file of a run but W&B's own (its logs change when a later run resumes it)."""
+    return {
+        str(p.relative_to(run_dir)): p.read_bytes()
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file() and "wandb" not in p.parts
+    }
+
+
+def _wandb_ids(run_dir: Path) -> set[str]:
+    return {p.name.rsplit("-", 1)[-1] for p in (run_dir / "wandb").glob("offline-run-*")}
+
+
 @pytest.mark.slow
-def test_resume_validate_test_and_second_run(tmp_path):
+def test_one_directory_per_run_resume_validate_test(tmp_path):
     cfg = str(ROOT / "configs" / "copy.yaml")
     args = ["--config", cfg, *TINY, *DATA_TINY["copy"]]
     seqnorm("fit", *args, "--trainer.max_steps", "3", cwd=tmp_path)
-    last = tmp_path / "runs/copy/checkpoints/last.ckpt"
-    assert torch.load(last, weights_only=False)["global_step"] == 3
-    seqnorm("fit", *args, "--trainer.max_steps", "6", "--ckpt_path", "last", cwd=tmp_path)
-    assert torch.load(last, weights_only=False)["global_step"] == 6
-    out = seqnorm("test", *args, "--ckpt_path", str(last), cwd=tmp_path)
-    assert "test/loss" in out.stdout
-    seqnorm("validate", *args, "--ckpt_path", str(last), cwd=tmp_path)
-    # A second, fresh run into the same directory (config file, logs, checkpoints exist).
-    # Lightning keeps the old last.ckpt and versions the new one (last-v1.ckpt); `--ckpt_path
-    # last` picks the newest.
     seqnorm("fit", *args, "--trainer.max_steps", "2", cwd=tmp_path)
-    newest = max(last.parent.glob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
-    assert newest != last and torch.load(newest, weights_only=False)["global_step"] == 2
-    assert torch.load(last, weights_only=False)["global_step"] == 6  # nothing lost
+    # Two consecutive runs: two complete, separate run directories.
+    first, second = tmp_path / "runs/copy/version_0", tmp_path / "runs/copy/version_1"
+    assert sorted(p.name for p in (tmp_path / "runs/copy").iterdir()) == ["version_0", "version_1"]
+    ids = []
+    for run_dir, steps in ((first, 3), (second, 2)):
+        files = _outputs(run_dir)
+        for name in ("run.json", "config.yaml", "checkpoints/last.ckpt",
+                     "gradient_flow/heatmap.png", "gradient_flow/curve.png",
+                     "gradient_flow/grad_norms.csv", "spectrum/spectrum.png",
+                     "spectrum/singular_values.csv"):  # fmt: skip
+            assert name in files, (run_dir, name)
+        assert not [n for n in files if "last-v" in n]
+        last = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=False)
+        assert last["global_step"] == steps
+        run_id = json.loads(files["run.json"])["run_id"]
+        assert _wandb_ids(run_dir) == {run_id}  # its own W&B run, inside it
+        rows = (run_dir / "gradient_flow/grad_norms.csv").read_text().splitlines()
+        assert rows[0].startswith("run_id,step,") and all(r.startswith(run_id) for r in rows[1:])
+        ids.append(run_id)
+    assert ids[0] != ids[1]
+    before = _outputs(first)
+
+    # `--ckpt_path last` needs the run named, and says which one is the newest.
+    proc = seqnorm("fit", *args, "--ckpt_path", "last", cwd=tmp_path, check=False)
+    last_line = _last_line(proc)
+    assert "--run_dir" in last_line and "runs/copy/version_1" in last_line
+    # A fresh fit into a run that has checkpoints is refused: nothing gets overwritten.
+    proc = seqnorm("fit", *args, "--run_dir", str(first), cwd=tmp_path, check=False)
+    assert "already holds a run" in _last_line(proc)
+    assert _outputs(first) == before
+
+    # Resume the first run by name: its own last.ckpt, its own W&B run id.
+    seqnorm("fit", *args, "--trainer.max_steps", "6", "--run_dir", "runs/copy/version_0",
+            "--ckpt_path", "last", cwd=tmp_path)  # fmt: skip
+    assert torch.load(first / "checkpoints/last.ckpt", weights_only=False)["global_step"] == 6
+    assert not list(first.rglob("last-v*.ckpt"))
+    assert len(list((first / "wandb").glob("offline-run-*"))) == 2
+    assert _wandb_ids(first) == {ids[0]}  # the resumed run continues the same W&B run
+    assert (first / "config-2.yaml").is_file() and (first / "config.yaml").read_bytes() == before[
+        "config.yaml"
+    ]
+    rows = (first / "gradient_flow/grad_norms.csv").read_text().splitlines()[1:]
+    # the resumed session's probe (at its start, step 3) appended under the same run id
+    assert {r.split(",")[0] for r in rows} == {ids[0]}
+    assert {r.split(",")[1] for r in rows} == {"0", "3"}
+    assert sorted(p.name for p in (tmp_path / "runs/copy").iterdir()) == ["version_0", "version_1"]
+
+    # validate / test a run's checkpoint: they log into that run, no new directory.
+    ckpt = str(first / "checkpoints/last.ckpt")
+    out = seqnorm("test", *args, "--ckpt_path", ckpt, cwd=tmp_path)
+    assert "test/loss" in out.stdout
+    seqnorm("validate", *args, "--ckpt_path", ckpt, cwd=tmp_path)
+    assert sorted(p.name for p in (tmp_path / "runs/copy").iterdir()) == ["version_0", "version_1"]
+    assert _wandb_ids(first) == {ids[0]}
+    assert torch.load(ckpt, weights_only=False)["global_step"] == 6  # nothing lost
 
 
 def test_print_config_and_overrides(tmp_path):
@@ -140,11 +221,26 @@ def test_bad_input_one_line_error(extra, match, tmp_path):
     proc = seqnorm(
         "fit", "--config", str(ROOT / "configs/copy.yaml"), *extra, cwd=tmp_path, check=False
     )
-    assert proc.returncode == 2
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("seqnorm: error:") and match in last, proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr
-    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("*.ckpt"))
+    assert match in _last_line(proc), proc.stderr[-2000:]
+    # nothing written, and no empty run directory left behind
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("*.*"))
+
+
+def test_garbage_checkpoint_one_line(tmp_path):
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(os.urandom(4096))
+    proc = seqnorm(
+        "fit",
+        "--config",
+        str(ROOT / "configs/copy.yaml"),
+        "--ckpt_path",
+        str(garbage),
+        cwd=tmp_path,
+        check=False,
+    )
+    last = _last_line(proc)
+    assert "garbage.ckpt is not a checkpoint" in last
+    assert "weights_only" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_malformed_yaml(tmp_path):
@@ -155,17 +251,79 @@ def test_malformed_yaml(tmp_path):
 
 
 def test_missing_mnist_files_error(tmp_path):
+    empty = tmp_path / ("a-long-folder-name-" * 6) / "empty"
     proc = seqnorm(
         "fit",
         "--config",
         str(ROOT / "configs/smnist.yaml"),
         "--data.data_dir",
-        str(tmp_path / "empty"),
+        str(empty),
         "--data.download",
         "false",
         cwd=tmp_path,
         check=False,
     )
-    assert proc.returncode == 2
-    assert "seqnorm: error:" in proc.stderr and str(tmp_path / "empty") in proc.stderr
-    assert "Traceback" not in proc.stderr
+    last = _last_line(proc)
+    assert str(empty) in last
+    # the whole hint, however long the folder name: what to do is at its end
+    assert last.endswith("or pass data_dir=<a folder that has them>."), last
+    assert "Place the four IDX files" in last and "SEQNORM_DATA" in last
+
+
+def _tiny_mnist_checkout(root: Path) -> Path:
+    """A checkout-like tree: configs/smnist.yaml beside data/mnist with tiny IDX files."""
+    from test_data import write_tiny_mnist
+
+    (root / "configs").mkdir(parents=True)
+    config = root / "configs/smnist.yaml"
+    config.write_text((ROOT / "configs/smnist.yaml").read_text())
+    (root / "data/mnist").mkdir(parents=True)
+    write_tiny_mnist(root / "data/mnist", n_train=40, n_test=8)
+    return config
+
+
+MNIST_FAKE = ["--data.val_size", "8", "--data.batch_size", "4", "--data.download", "false"]
+
+
+@pytest.mark.slow
+def test_smnist_config_from_any_directory(tmp_path):
+    """The data beside the checkout is found from another working directory."""
+    config = _tiny_mnist_checkout(tmp_path / "checkout")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    seqnorm("fit", "--config", str(config), *TINY, *MNIST_FAKE, "--trainer.max_steps", "2",
+            cwd=elsewhere)  # fmt: skip
+    (ckpt,) = (elsewhere / "runs/smnist/version_0/checkpoints").glob("last.ckpt")
+    assert torch.load(ckpt, weights_only=False)["global_step"] == 2
+    assert not (elsewhere / "data").exists()  # nothing downloaded or created here
+
+
+@pytest.mark.parametrize("where", ["beside the config", "SEQNORM_DATA", "cwd"])
+def test_data_dir_lookup_order(where, tmp_path, monkeypatch):
+    """A relative data_dir: $SEQNORM_DATA/<name>, then beside the config, then the cwd."""
+    import pytorch_lightning as pl
+
+    from seqnorm.cli import SeqnormCLI
+    from seqnorm.model import SeqModel
+
+    config = _tiny_mnist_checkout(tmp_path / "checkout")
+    cwd = tmp_path / "cwd"
+    (cwd / "data/mnist").mkdir(parents=True)  # data_dir ../data/mnist from cwd/sub
+    (cwd / "sub").mkdir()
+    shelf = tmp_path / "shelf"
+    (shelf / "mnist").mkdir(parents=True)
+    monkeypatch.chdir(cwd / "sub")
+    monkeypatch.delenv("SEQNORM_DATA", raising=False)
+    expected = config.parent.parent / "data/mnist"
+    if where == "SEQNORM_DATA":
+        monkeypatch.setenv("SEQNORM_DATA", str(shelf))
+        expected = shelf / "mnist"
+    elif where == "cwd":
+        for f in expected.iterdir():
+            f.unlink()
+        expected.rmdir()
+        expected = cwd / "data/mnist"
+    cli = SeqnormCLI(SeqModel, pl.LightningDataModule, subclass_mode_data=True,
+                     save_config_callback=None, run=False,
+                     args=["--config", str(config), *MNIST_FAKE])  # fmt: skip
+    assert Path(cli.datamodule.data_dir) == expected

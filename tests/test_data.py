@@ -24,11 +24,15 @@ from seqnorm.data import (
     CopyMemoryDataset,
     MNISTSequenceDataset,
     PermutedMNISTDataModule,
+    SequenceDataModule,
     SequentialMNISTDataModule,
+    SyntheticDataModule,
     copy_baseline,
+    data_dir_candidates,
     mnist_permutation,
     prepare_mnist,
     read_idx,
+    resolve_data_dir,
 )
 from seqnorm.data import mnist as mnist_module
 
@@ -526,3 +530,86 @@ def test_real_mnist_split(real_mnist: SequentialMNISTDataModule) -> None:
     x, y = next(iter(dm.val_dataloader()))
     assert x.shape == (128, 784, 1) and x.dtype == torch.float32
     assert y.shape == (128,) and y.dtype == torch.int64
+
+
+# -- one base, the same public arguments ------------------------------------------------------
+MNIST_DEFAULTS = {"batch_size": 128, "permutation_seed": 92916, "val_size": 5000,
+                  "split_seed": 1234, "download": True, "num_workers": 0,
+                  "limit_train": None}  # fmt: skip
+CLI_DEFAULTS = {
+    "CopyMemoryDataModule": {"seq_len": 100, "batch_size": 128, "num_train": 12800,
+                             "num_val": 1280, "num_test": 1280, "seed": 1234, "num_workers": 0},
+    "AddingDataModule": {"seq_len": 200, "batch_size": 50, "num_train": 10000,
+                         "num_val": 1000, "num_test": 1000, "seed": 1234, "num_workers": 0},
+    "SequentialMNISTDataModule": {"data_dir": "data/mnist", "permute": False, **MNIST_DEFAULTS},
+    "PermutedMNISTDataModule": {"data_dir": "data/mnist", "permute": True, **MNIST_DEFAULTS},
+}  # fmt: skip
+
+
+def test_datamodules_share_one_base() -> None:
+    for cls in (CopyMemoryDataModule, AddingDataModule):
+        assert issubclass(cls, SyntheticDataModule)
+        for name in ("setup", "train_dataloader", "val_dataloader", "test_dataloader"):
+            assert name not in vars(cls), (cls.__name__, name)  # inherited, not repeated
+    for cls in (SequentialMNISTDataModule, PermutedMNISTDataModule):
+        assert issubclass(cls, SequenceDataModule)
+        for name in ("train_dataloader", "val_dataloader", "test_dataloader"):
+            assert name not in vars(cls), (cls.__name__, name)
+    assert set(vars(PermutedMNISTDataModule)) <= {"__init__", "__doc__", "__module__"}
+
+
+@pytest.mark.parametrize("name", sorted(CLI_DEFAULTS))
+def test_cli_sees_the_same_arguments(name: str) -> None:
+    """LightningCLI reads the signatures: the same names and defaults as before the base."""
+    from jsonargparse import ArgumentParser
+
+    import seqnorm.data
+
+    parser = ArgumentParser()
+    parser.add_class_arguments(getattr(seqnorm.data, name), "data")
+    assert dict(parser.get_defaults().data) == CLI_DEFAULTS[name]
+
+
+def test_permuted_keeps_positional_arguments(tmp_path: Path) -> None:
+    dm = PermutedMNISTDataModule(str(tmp_path), 32)
+    assert (dm.data_dir, dm.batch_size, dm.permute) == (str(tmp_path), 32, True)
+    assert PermutedMNISTDataModule(permute=False).permutation is None
+
+
+# -- where data_dir is looked for ----------------------------------------------------------------
+def test_data_dir_lookup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shelf, config_dir, cwd = tmp_path / "shelf", tmp_path / "repo/configs", tmp_path / "cwd"
+    for d in (shelf, config_dir, cwd):
+        d.mkdir(parents=True)
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("SEQNORM_DATA", str(shelf))
+    rel = "../data/mnist"
+    assert data_dir_candidates(rel, [config_dir]) == [
+        shelf / "mnist",  # $SEQNORM_DATA/<last name>
+        tmp_path / "repo/data/mnist",  # beside the config
+        tmp_path / "data/mnist",  # the working directory
+    ]
+    # none exists: the first candidate (where a download goes)
+    assert resolve_data_dir(rel, [config_dir]) == shelf / "mnist"
+    (tmp_path / "data/mnist").mkdir(parents=True)
+    assert resolve_data_dir(rel, [config_dir]) == tmp_path / "data/mnist"
+    (tmp_path / "repo/data/mnist").mkdir(parents=True)
+    assert resolve_data_dir(rel, [config_dir]) == tmp_path / "repo/data/mnist"
+    (shelf / "mnist").mkdir()
+    assert resolve_data_dir(rel, [config_dir]) == shelf / "mnist"
+    # an absolute path is used as it is
+    assert resolve_data_dir(tmp_path / "elsewhere", [config_dir]) == tmp_path / "elsewhere"
+    monkeypatch.delenv("SEQNORM_DATA")
+    assert data_dir_candidates("mnist") == [cwd / "mnist"]
+
+
+def test_mnist_datamodule_finds_data_in_seqnorm_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "shelf/mnist").mkdir(parents=True)
+    write_tiny_mnist(tmp_path / "shelf/mnist")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SEQNORM_DATA", str(tmp_path / "shelf"))
+    dm = SequentialMNISTDataModule(data_dir="data/mnist", val_size=5, download=False)
+    dm.setup("fit")
+    assert dm.data_dir == str(tmp_path / "shelf/mnist") and len(dm.val_dataset) == 5

@@ -14,9 +14,15 @@ AddingDataModule       (B, T, 2) float32   (B,) float32       1/6 (MSE)
 SequentialMNIST...     (B, 784, 1) float32 (B,) int64         None
 PermutedMNIST...       (B, 784, 1) float32 (B,) int64         None
 =====================  ==================  =================  ==================
+
+They share one base, :class:`SequenceDataModule` (loaders, resumable shuffle); the generated
+benchmarks also share :class:`SyntheticDataModule` (seeded, index-determined splits). A
+relative ``data_dir`` is looked for in ``$SEQNORM_DATA``, beside the config file, then in the
+working directory (:mod:`seqnorm.data.paths`).
 """
 
 from seqnorm.data.adding import ADDING_BASELINE, AddingDataModule, AddingDataset
+from seqnorm.data.base import SequenceDataModule, SyntheticDataModule
 from seqnorm.data.copy import CopyMemoryDataModule, CopyMemoryDataset, copy_baseline
 from seqnorm.data.mnist import (
     MNISTSequenceDataset,
@@ -26,18 +32,24 @@ from seqnorm.data.mnist import (
     prepare_mnist,
     read_idx,
 )
+from seqnorm.data.paths import DATA_ENV, data_dir_candidates, resolve_data_dir
 
 __all__ = [
     "ADDING_BASELINE",
+    "DATA_ENV",
     "AddingDataModule",
     "AddingDataset",
     "CopyMemoryDataModule",
     "CopyMemoryDataset",
     "MNISTSequenceDataset",
     "PermutedMNISTDataModule",
+    "SequenceDataModule",
     "SequentialMNISTDataModule",
+    "SyntheticDataModule",
     "copy_baseline",
+    "data_dir_candidates",
     "mnist_permutation",
     "prepare_mnist",
     "read_idx",
+    "resolve_data_dir",
 ]

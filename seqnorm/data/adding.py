@@ -21,20 +21,18 @@ exactly the same data, and the train, val and test splits never share a stream.
 
 from __future__ import annotations
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from seqnorm.data._common import (
     check_int,
     check_seed,
     check_split,
-    make_loader,
     normalize_index,
-    resume_batch,
     sample_generator,
 )
+from seqnorm.data.base import SyntheticDataModule
 
 __all__ = ["ADDING_BASELINE", "AddingDataModule", "AddingDataset"]
 
@@ -81,7 +79,7 @@ class AddingDataset(Dataset):
         return x, y
 
 
-class AddingDataModule(pl.LightningDataModule):
+class AddingDataModule(SyntheticDataModule):
     """Adding problem: batches ``x (B, T, 2)`` float32, ``y (B,)`` float32.
 
     Args:
@@ -121,41 +119,10 @@ class AddingDataModule(pl.LightningDataModule):
         seed: int = 1234,
         num_workers: int = 0,
     ) -> None:
-        super().__init__()
-        self.seq_len: int = check_int("seq_len", seq_len, 2)
-        self.batch_size = check_int("batch_size", batch_size, 1)
-        self.num_train = check_int("num_train", num_train, 1)
-        self.num_val = check_int("num_val", num_val, 1)
-        self.num_test = check_int("num_test", num_test, 1)
-        self.seed = check_seed(seed)
-        self.num_workers = check_int("num_workers", num_workers, 0)
-        self.baseline: float | None = ADDING_BASELINE
-        self.train_dataset: AddingDataset | None = None
-        self.val_dataset: AddingDataset | None = None
-        self.test_dataset: AddingDataset | None = None
+        length = check_int("seq_len", seq_len, 2)
+        super().__init__(batch_size, num_train, num_val, num_test, seed, num_workers)
+        self.seq_len = length
+        self.baseline = ADDING_BASELINE
 
-    def setup(self, stage: str | None = None) -> None:
-        """Create the three datasets (cheap: samples are generated on access)."""
-        if self.train_dataset is None:
-            self.train_dataset = AddingDataset(self.seq_len, self.num_train, self.seed, "train")
-            self.val_dataset = AddingDataset(self.seq_len, self.num_val, self.seed, "val")
-            self.test_dataset = AddingDataset(self.seq_len, self.num_test, self.seed, "test")
-
-    def train_dataloader(self) -> DataLoader:
-        self.setup()
-        return make_loader(
-            self.train_dataset,
-            self.batch_size,
-            self.num_workers,
-            shuffle=True,
-            seed=self.seed,
-            start_batch=resume_batch(self.trainer),
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        self.setup()
-        return make_loader(self.val_dataset, self.batch_size, self.num_workers)
-
-    def test_dataloader(self) -> DataLoader:
-        self.setup()
-        return make_loader(self.test_dataset, self.batch_size, self.num_workers)
+    def make_dataset(self, size: int, split: str) -> AddingDataset:
+        return AddingDataset(self.seq_len, size, self.seed, split)

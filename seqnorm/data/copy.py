@@ -24,20 +24,18 @@ from __future__ import annotations
 
 import math
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from seqnorm.data._common import (
     check_int,
     check_seed,
     check_split,
-    make_loader,
     normalize_index,
-    resume_batch,
     sample_generator,
 )
+from seqnorm.data.base import SyntheticDataModule
 
 __all__ = [
     "BLANK",
@@ -105,7 +103,7 @@ class CopyMemoryDataset(Dataset):
         return x, y
 
 
-class CopyMemoryDataModule(pl.LightningDataModule):
+class CopyMemoryDataModule(SyntheticDataModule):
     """Copy-memory task: batches ``x (B, T+20)`` long tokens, ``y (B, T+20)`` long targets.
 
     Args:
@@ -127,6 +125,7 @@ class CopyMemoryDataModule(pl.LightningDataModule):
         output_kind: ``"per_step_class"``.
         num_classes: 9 (blank plus eight symbols).
         seq_len: the full input length ``T + 20``.
+        delay: ``T``.
         baseline: ``10 ln 8 / (T + 20)``, the memoryless cross-entropy.
     """
 
@@ -145,42 +144,11 @@ class CopyMemoryDataModule(pl.LightningDataModule):
         seed: int = 1234,
         num_workers: int = 0,
     ) -> None:
-        super().__init__()
-        self.delay = check_int("seq_len", seq_len, 1)
-        self.batch_size = check_int("batch_size", batch_size, 1)
-        self.num_train = check_int("num_train", num_train, 1)
-        self.num_val = check_int("num_val", num_val, 1)
-        self.num_test = check_int("num_test", num_test, 1)
-        self.seed = check_seed(seed)
-        self.num_workers = check_int("num_workers", num_workers, 0)
-        self.seq_len: int = seq_len + 2 * COPY_LENGTH
-        self.baseline: float | None = copy_baseline(seq_len)
-        self.train_dataset: CopyMemoryDataset | None = None
-        self.val_dataset: CopyMemoryDataset | None = None
-        self.test_dataset: CopyMemoryDataset | None = None
+        delay = check_int("seq_len", seq_len, 1)
+        super().__init__(batch_size, num_train, num_val, num_test, seed, num_workers)
+        self.delay = delay
+        self.seq_len = delay + 2 * COPY_LENGTH
+        self.baseline = copy_baseline(delay)
 
-    def setup(self, stage: str | None = None) -> None:
-        """Create the three datasets (cheap: samples are generated on access)."""
-        if self.train_dataset is None:
-            self.train_dataset = CopyMemoryDataset(self.delay, self.num_train, self.seed, "train")
-            self.val_dataset = CopyMemoryDataset(self.delay, self.num_val, self.seed, "val")
-            self.test_dataset = CopyMemoryDataset(self.delay, self.num_test, self.seed, "test")
-
-    def train_dataloader(self) -> DataLoader:
-        self.setup()
-        return make_loader(
-            self.train_dataset,
-            self.batch_size,
-            self.num_workers,
-            shuffle=True,
-            seed=self.seed,
-            start_batch=resume_batch(self.trainer),
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        self.setup()
-        return make_loader(self.val_dataset, self.batch_size, self.num_workers)
-
-    def test_dataloader(self) -> DataLoader:
-        self.setup()
-        return make_loader(self.test_dataset, self.batch_size, self.num_workers)
+    def make_dataset(self, size: int, split: str) -> CopyMemoryDataset:
+        return CopyMemoryDataset(self.delay, size, self.seed, split)

@@ -34,14 +34,16 @@ import urllib.error
 import urllib.request
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from seqnorm.data._common import check_int, check_seed, make_loader, normalize_index, resume_batch
+from seqnorm.data._common import check_int, check_seed, normalize_index
+from seqnorm.data.base import SequenceDataModule
+from seqnorm.data.paths import DATA_ENV, resolve_data_dir
 
 __all__ = [
     "MNIST_FILES",
@@ -256,6 +258,7 @@ def prepare_mnist(data_dir: str | os.PathLike[str], download: bool = True) -> di
         f"MNIST files missing from {folder}: {', '.join(missing)} (raw or .gz); {why}\n"
         "Place the four IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte, "
         "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte; raw or .gz) in that folder, "
+        f"set {DATA_ENV} to a folder whose {folder.name}/ holds them, "
         "or pass data_dir=<a folder that has them>."
     )
 
@@ -326,11 +329,13 @@ class MNISTSequenceDataset(Dataset):
         return x, self.labels[i]
 
 
-class SequentialMNISTDataModule(pl.LightningDataModule):
+class SequentialMNISTDataModule(SequenceDataModule):
     """Pixel-by-pixel MNIST: batches ``x (B, 784, 1)`` float32, ``y (B,)`` int64.
 
     Args:
-        data_dir: folder with the four IDX files (raw or ``.gz``), or to download them to.
+        data_dir: folder with the four IDX files (raw or ``.gz``), or to download them to;
+            a relative one is looked for in ``$SEQNORM_DATA``, then the working directory
+            (see :mod:`seqnorm.data.paths`; the ``seqnorm`` CLI also looks beside the config).
         batch_size: samples per batch.
         permute: whether to apply the fixed pixel permutation (permuted MNIST).
         permutation_seed: seed of ``numpy.random.RandomState(seed).permutation(784)``.
@@ -354,6 +359,7 @@ class SequentialMNISTDataModule(pl.LightningDataModule):
         num_classes: 10.
         seq_len: 784.
         baseline: ``None``.
+        data_dir: the absolute folder used.
         permutation: the pixel permutation (numpy array) or ``None``.
     """
 
@@ -374,24 +380,18 @@ class SequentialMNISTDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         limit_train: int | None = None,
     ) -> None:
-        super().__init__()
-        self.data_dir = data_dir
-        self.batch_size = check_int("batch_size", batch_size, 1)
+        super().__init__(batch_size, num_workers, shuffle_seed=split_seed)
+        self.data_dir = str(resolve_data_dir(data_dir))
         self.permute = bool(permute)
         self.permutation_seed = check_seed(permutation_seed)
         self.val_size = check_int("val_size", val_size, 1)
-        self.split_seed = check_seed(split_seed)
+        self.split_seed = self.shuffle_seed
         self.download = bool(download)
-        self.num_workers = check_int("num_workers", num_workers, 0)
         self.limit_train = None if limit_train is None else check_int("limit_train", limit_train, 1)
-        self.seq_len: int = NUM_PIXELS
-        self.baseline: float | None = None
+        self.seq_len = NUM_PIXELS
         self.permutation: np.ndarray | None = (
             mnist_permutation(permutation_seed) if permute else None
         )
-        self.train_dataset: MNISTSequenceDataset | None = None
-        self.val_dataset: MNISTSequenceDataset | None = None
-        self.test_dataset: MNISTSequenceDataset | None = None
 
     def prepare_data(self) -> None:
         """Make sure the four IDX files are in ``data_dir``, downloading them if allowed."""
@@ -432,64 +432,18 @@ class SequentialMNISTDataModule(pl.LightningDataModule):
             images, labels = _load_pair(paths["test_images"], paths["test_labels"])
             self.test_dataset = MNISTSequenceDataset(images, labels, self.permutation)
 
-    def train_dataloader(self) -> DataLoader:
-        self.setup("fit")
-        return make_loader(
-            self.train_dataset,
-            self.batch_size,
-            self.num_workers,
-            shuffle=True,
-            seed=self.split_seed,
-            start_batch=resume_batch(self.trainer),
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        self.setup("validate")
-        return make_loader(self.val_dataset, self.batch_size, self.num_workers)
-
-    def test_dataloader(self) -> DataLoader:
-        self.setup("test")
-        return make_loader(self.test_dataset, self.batch_size, self.num_workers)
-
 
 class PermutedMNISTDataModule(SequentialMNISTDataModule):
     """Permuted pixel-by-pixel MNIST: :class:`SequentialMNISTDataModule` with ``permute=True``.
 
+    Every other argument is :class:`SequentialMNISTDataModule`'s, in the same order.
+
     Args:
-        data_dir: folder with the four IDX files (raw or ``.gz``), or to download them to.
-        batch_size: samples per batch.
         permute: whether to apply the fixed pixel permutation (on by default here).
-        permutation_seed: seed of ``numpy.random.RandomState(seed).permutation(784)``.
-        val_size: images held out of the official training set for validation.
-        split_seed: seed of the train / validation split and of the training shuffle.
-        download: whether ``prepare_data`` may download missing files.
-        num_workers: ``DataLoader`` worker processes.
-        limit_train: keep only the first ``limit_train`` training samples; ``None`` keeps all.
     """
 
-    def __init__(
-        self,
-        data_dir: str = "data/mnist",
-        batch_size: int = 128,
-        permute: bool = True,
-        permutation_seed: int = 92916,
-        val_size: int = 5000,
-        split_seed: int = 1234,
-        download: bool = True,
-        num_workers: int = 0,
-        limit_train: int | None = None,
-    ) -> None:
-        super().__init__(
-            data_dir=data_dir,
-            batch_size=batch_size,
-            permute=permute,
-            permutation_seed=permutation_seed,
-            val_size=val_size,
-            split_seed=split_seed,
-            download=download,
-            num_workers=num_workers,
-            limit_train=limit_train,
-        )
+    def __init__(self, *args: Any, permute: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, permute=permute, **kwargs)
 
 
 def _load_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
