@@ -33,7 +33,7 @@ number can be several times smaller or larger. Both are computed here:
 Cost: the largest singular value of a ``c_out x c_in s**d`` complex matrix at every
 frequency evaluated, about ``(22 sum_j n_j)**d / 2`` of them (slack 1%) when the spectrum is
 flat across frequencies, as it is for random kernels; fewer when it peaks. A 3x3
-``Conv2d(16, 32, stride=2)`` takes ~50 ms per forward on one CPU thread, a 3x3
+``Conv2d(16, 32, stride=2)`` takes 50-100 ms per forward on one (busy) CPU thread, a 3x3
 ``Conv2d(64, 64)`` ~1 s; with ``input_shape`` the count is the padded input's size
 (``N**d / 2``). A larger ``slack`` buys speed with tightness. An unchanged kernel is not
 searched again by the constraints (see :mod:`seqnorm.constraints.conv`).
@@ -44,7 +44,7 @@ Guarantees by padding mode: see :mod:`seqnorm.constraints.conv_geometry`.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -279,7 +279,7 @@ def reshaped_kernel_norm(weight: Tensor) -> Tensor:
     return torch.einsum("bi,bij,bj->", u, W.to(dt), v).to(weight.dtype)
 
 
-def _conv_fn(geometry: ConvGeometry):  # noqa: ANN202
+def _conv_fn(geometry: ConvGeometry) -> Callable[..., Tensor]:
     return (None, nn.functional.conv1d, nn.functional.conv2d, nn.functional.conv3d)[geometry.dims]
 
 
