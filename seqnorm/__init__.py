@@ -11,7 +11,6 @@ True
 from torch.nn.utils.parametrize import cached
 
 from .constraints import CONSTRAINTS, constrain, is_constrained
-from .optim import constrained_parameters, param_groups
 from .layers import (
     SpectralGRU,
     SpectralGRUCell,
@@ -20,6 +19,7 @@ from .layers import (
     SpectralRNN,
     SpectralRNNCell,
 )
+from .optim import constrained_parameters, param_groups
 
 __version__ = "0.1.0"
 
