@@ -1,193 +1,126 @@
-"""Turn the reproduction grid's ``runs.csv`` into ``RESULTS.md`` and figures.
+"""Turn the reproduction grid's ``runs.csv`` into ``RESULTS.md``, its figures and the README table.
 
-    .venv/bin/python experiments/report.py                       # experiments/results/
-    .venv/bin/python experiments/report.py --runs path/runs.csv --out-dir path/
+    .venv/bin/python experiments/report.py                  # experiments/results/, README.md
+    .venv/bin/python experiments/report.py --root ../wt_grid \\
+        --runs ../wt_grid/experiments/results/runs.csv      # a grid run in a worktree
+    .venv/bin/python experiments/report.py --check          # the issue's acceptance check
 
-Writes, under ``--out-dir``:
-
-* ``RESULTS.md``: how to regenerate, the budget, the machine; per task a table of
-  mean +- std over seeds per (layer, constraint); the published figures beside ours, each
-  with its protocol; per task, which constraints beat the memoryless baseline and how fast.
-* ``curves_<task>.png``: training loss (mean over seeds, log scale) with the memoryless
-  baseline, and the validation metric, per constraint.
-* ``gradflow_<task>.png``: log10 ||dL/dh_t|| vs t per constraint, at initialisation and after
-  training (mean over seeds, from each run's ``probes.npz``).
+Writes, under ``--out-dir``: ``RESULTS.md`` (provenance, the headline table that also goes
+into the README between its markers, one table per task with mean ± std over seeds, the
+input-projection comparison, the copy T=1000 curves, ``notes.md`` verbatim),
+``curves_<task>.png`` (training loss / memoryless baseline, mean over seeds) and
+``gradflow_<task>.png`` (log10 ||dL/dh_t|| at the end of training, from ``probes.npz``).
+Run directories in ``runs.csv`` are relative to ``--root`` (the checkout that ran the grid).
+The copy T=1000 curves are the CSVLogger files copied into ``results/copy1000/`` (pass
+``--copy1000-from DIR`` to refresh them from ``DIR/{exprnn,lstm}/csv/version_0``).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import math
+import os
 import platform
 import re
-import statistics
+import shutil
 import sys
-from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reproduce import BUDGETS, ROOT, read_metrics, series  # noqa: E402
+from reproduce import BUDGETS, ROOT, read_metrics  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
-CONSTRAINT_ORDER = ["none", "spectral", "scaled", "bound", "band", "orthogonal"]
-TASK_ORDER = ["copy", "adding", "smnist", "psmnist"]
-#: A run "beats" the memoryless baseline when its final validation loss is below this
-#: fraction of it (the baseline is an expectation; a finite split scatters by ~1-2%).
-BEAT = 0.95
-
-#: Published numbers (test accuracy %, or loss), each with the protocol that produced it.
-PUBLISHED = [
-    ("sMNIST", "expRNN", "N=512", "98.7", "best test accuracy over 70 epochs"),
-    ("psMNIST", "expRNN", "N=512", "96.6", "best test accuracy over 70 epochs"),
-    ("sMNIST", "scoRNN", "N=512", "98.2", "best test accuracy over epochs"),
-    ("psMNIST", "scoRNN", "N=512", "96.5", "best test accuracy over epochs"),
-    ("sMNIST", "LSTM (in expRNN's table)", "N=128", "81.9", "best test accuracy over epochs"),
-    ("psMNIST", "LSTM (in expRNN's table)", "N=128", "79.5", "best test accuracy over epochs"),
-    ("sMNIST", "coRNN", "N=256", "99.3", "test accuracy at the best validation accuracy"),
-    (
-        "psMNIST",
-        "coRNN",
-        "N=256",
-        "97.3",
-        "test at best validation; permutation from torch seed 12008 (ours: numpy "
-        "RandomState(92916), as expRNN/scoRNN)",
-    ),
-    ("sMNIST", "LEM", "N=128", "99.5", "test accuracy at the best validation accuracy"),
-    ("psMNIST", "LEM", "N=128", "96.6", "test accuracy at the best validation accuracy"),
-    ("copy T=1000", "memoryless baseline", "-", "0.0204", "cross-entropy 10 ln 8 / (T+20)"),
-    ("copy T=2000", "memoryless baseline", "-", "0.0103", "cross-entropy 10 ln 8 / (T+20)"),
-]
+RESULTS = ROOT / "experiments" / "results"
+README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
+BEAT = 0.95  # "below the baseline": final val loss < 0.95 x baseline (a finite split scatters)
+COPY1000 = {"exprnn": "expRNN recipe: modReLU RNN, orthogonal, H=190", "lstm": "LSTM, H=94"}
 
 
-# -- reading ------------------------------------------------------------------------------
-def load_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows of runs.csv (the last row of each run_id wins), numbers parsed."""
-    with open(path, newline="") as f:
-        raw = list(csv.DictReader(f))
-    by_id: dict[str, dict[str, Any]] = {}
-    for r in raw:
-        by_id[r["run_id"]] = {k: _num(v) for k, v in r.items()}
-    return list(by_id.values())
+def pm(values: pd.Series, scale: float = 1.0) -> str:
+    """``mean ± std`` (3 significant digits) of the finite values, or the one value."""
+    v = values.dropna().astype(float) * scale
+    if v.empty:
+        return "-"
+    return f"{v.mean():.3g}" if len(v) == 1 else f"{v.mean():.3g} ± {v.std():.2g}"
 
 
-def resummarize(rows: list[dict[str, Any]]) -> int:
-    """Recompute each run's decay rate and grad ratio from its saved curves (``probes.npz``)
-    with the current :func:`seqnorm.probes.summarize`, so every row is summarised by the
-    same code whatever version of the library wrote it. Returns how many rows changed.
-    """
-    import torch
-
-    from seqnorm.probes import summarize
-
-    changed = 0
-    for r in rows:
-        path = Path(r["run_dir"]) / "probes.npz" if r.get("run_dir") else None
-        if path is None or not path.exists():
-            continue
-        with np.load(path) as z:
-            curves = {w: z[w][-1] for w in ("init", "end") if w in z}  # top layer, (T,)
-        for when, curve in curves.items():
-            # The curves are log10 of float32 norms, floored at float32's tiny.
-            norms = torch.from_numpy(10.0 ** curve.astype(np.float64)).float()
-            summary = summarize(norms)
-            r[f"decay_rate_{when}"] = summary["decay_rate"]
-            r[f"grad_ratio_{when}"] = summary["grad_ratio"]
-        changed += bool(curves)
-    return changed
+def criterion_cell(steps: pd.Series) -> str:
+    """Median steps to criterion over the seeds that reached it, and how many did."""
+    hit = steps.dropna()
+    where = f"{hit.median():.0f}" if len(hit) else "never"
+    return f"{where} ({len(hit)}/{len(steps)})"
 
 
-def _num(val: str) -> Any:
-    if val is None or val == "":
+def metric_name(metric: str) -> tuple[str, float]:
+    return {"mse": ("test MSE", 1.0), "symbol_acc": ("test symbol acc %", 100.0)}.get(
+        metric, (f"test {metric} %", 100.0)
+    )
+
+
+# -- tables ----------------------------------------------------------------------------------
+def task_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per variant of one task: mean ± std over its finished seeds."""
+    label, scale = metric_name(runs.metric.iloc[0])
+    rows = []
+    for _, g in runs.groupby("variant", sort=False):
+        rows.append(
+            {
+                "variant": g.label.iloc[0],
+                "seeds": len(g),
+                f"{label} (final)": pm(g.test_metric_final, scale),
+                f"{label} (at best val)": pm(g.test_metric_at_best_val, scale),
+                "final val loss / baseline": pm(g.val_loss_final / g.baseline),
+                "below baseline (seeds)": f"{(g.val_loss_final < BEAT * g.baseline).sum()}/{len(g)}",  # noqa: E501
+                "steps to criterion (reached)": criterion_cell(g.steps_to_criterion),
+                "decay init": pm(g.decay_rate_init),
+                "decay end": pm(g.decay_rate_end),
+                "grad ratio end": pm(g.grad_ratio_end),
+                "fit min": pm(g.fit_time_s / 60),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def headline(df: pd.DataFrame) -> pd.DataFrame:
+    """Variants x tasks: the final test metric and steps to criterion, side by side."""
+    out = pd.DataFrame({"variant": df.drop_duplicates("variant").label.tolist()})
+    for task, runs in df.groupby("task", sort=False):
+        table = task_table(runs).set_index("variant")
+        label = metric_name(runs.metric.iloc[0])[0]
+        seeds = table["seeds"].astype(str)
+        cols = {
+            f"{task}: {label}": table[f"{label} (final)"] + " (" + seeds + ")",
+            f"{task}: steps to criterion": table["steps to criterion (reached)"],
+        }
+        out = out.join(pd.DataFrame(cols), on="variant")
+    return out.fillna("not run")
+
+
+def projection_table(runs: pd.DataFrame) -> pd.DataFrame | None:
+    """Each ``<variant>_proj`` beside ``<variant>``: does the input encoding decide?"""
+    means = runs.groupby("variant", sort=False).agg(
+        label=("label", "first"),
+        mse=("test_metric_final", "mean"),
+        sd=("test_metric_final", "std"),
+        crit=("steps_to_criterion", criterion_cell),
+    )
+    pairs = [(v, f"{v}_proj") for v in means.index if f"{v}_proj" in means.index]
+    if not pairs:
         return None
-    try:
-        f = float(val)
-    except ValueError:
-        return val
-    return int(f) if f.is_integer() and "." not in val and "e" not in val.lower() else f
+    cell = lambda v: f"{means.mse[v]:.3g} ± {means.sd[v]:.2g}, crit {means.crit[v]}"  # noqa: E731
+    return pd.DataFrame(
+        [
+            {"row": means.label[a], "raw input": cell(a), "input projection": cell(b)}
+            for a, b in pairs
+        ]
+    )
 
 
-def _order(values: list[str], preferred: list[str]) -> list[str]:
-    return sorted(set(values), key=lambda v: (preferred.index(v) if v in preferred else 99, v))
-
-
-def groups(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
-    out: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
-    for r in rows:
-        out[(r["task"], r["layer"], r["constraint"])].append(r)
-    return out
-
-
-# -- numbers ------------------------------------------------------------------------------
-def mean_std(values: list[Any]) -> tuple[float, float, int]:
-    vals = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
-    if not vals:
-        return math.nan, math.nan, 0
-    sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-    return statistics.fmean(vals), sd, len(vals)
-
-
-def fmt(values: list[Any], digits: int = 3, scale: float = 1.0) -> str:
-    m, s, n = mean_std(values)
-    if n == 0:
-        return "-"
-    if n == 1:
-        return f"{m * scale:.{digits}g}"
-    return f"{m * scale:.{digits}g} ± {s * scale:.{digits - 1 if digits > 1 else 1}g}"
-
-
-def crit_cell(runs: list[dict[str, Any]]) -> str:
-    reached = [r["steps_to_criterion"] for r in runs if r.get("steps_to_criterion") is not None]
-    if not runs[0].get("criterion"):
-        return "-"
-    if not reached:
-        return f"never (0/{len(runs)})"
-    return f"{fmt(reached, 3)} ({len(reached)}/{len(runs)})"
-
-
-def metric_label(metric: str) -> str:
-    return {"acc": "acc %", "symbol_acc": "symbol acc %", "mse": "MSE"}.get(metric, metric)
-
-
-def metric_scale(metric: str) -> float:
-    return 100.0 if metric in ("acc", "symbol_acc") else 1.0
-
-
-# -- figures ------------------------------------------------------------------------------
-def _colors(constraints: list[str]) -> dict[str, Any]:
-    import matplotlib
-
-    cmap = matplotlib.colormaps["tab10"]
-    return {c: cmap(CONSTRAINT_ORDER.index(c) if c in CONSTRAINT_ORDER else i)
-            for i, c in enumerate(constraints)}  # fmt: skip
-
-
-def _styles(layers: list[str]) -> dict[str, str]:
-    """One line style per layer (colour is the constraint): solid, dashed, dotted."""
-    return {layer: ("-", "--", ":", "-.")[i % 4] for i, layer in enumerate(sorted(set(layers)))}
-
-
-def _mean_curve(curves: list[list[tuple[int, float]]]) -> tuple[np.ndarray, np.ndarray]:
-    """Mean over runs on the steps all runs logged."""
-    common = set.intersection(*(set(s for s, _ in c) for c in curves)) if curves else set()
-    steps = np.array(sorted(common))
-    vals = np.array([[dict(c)[s] for s in steps] for c in curves])
-    return steps, vals.mean(axis=0) if len(steps) else np.array([])
-
-
-def _smooth(y: np.ndarray, k: int = 5) -> np.ndarray:
-    if len(y) < k:
-        return y
-    pad = np.pad(y, (k // 2, k - 1 - k // 2), mode="edge")
-    return np.convolve(pad, np.ones(k) / k, mode="valid")
-
-
-def _pyplot() -> Any:
-    """matplotlib.pyplot on the file-only Agg backend (imported only when plotting)."""
+# -- figures ---------------------------------------------------------------------------------
+def _pyplot():  # noqa: ANN202
     import matplotlib
 
     matplotlib.use("Agg")
@@ -196,530 +129,218 @@ def _pyplot() -> Any:
     return plt
 
 
-def plot_curves(task: str, grouped: dict, out: Path) -> Path | None:
-    keys = [k for k in grouped if k[0] == task]
-    if not keys:
-        return None
+def plot_curves(task: str, runs: pd.DataFrame, root: Path, out: Path) -> Path:
+    """Training loss / memoryless baseline per variant (mean over seeds, smoothed), log scale."""
     plt = _pyplot()
-    constraints = _order([k[2] for k in keys], CONSTRAINT_ORDER)
-    colors, styles = _colors(constraints), _styles([k[1] for k in keys])
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    baseline, metric = None, None
-    for key in sorted(keys, key=lambda k: (k[1], constraints.index(k[2]))):
-        runs = grouped[key]
-        metric = runs[0]["metric"]
-        baseline = runs[0].get("baseline")
-        logs = [read_metrics(Path(r["run_dir"])) for r in runs]
-        label = f"{key[1]} {key[2]} (n={len(runs)})"
-        train = [series(m, "train/loss_step") for m in logs]
-        train = [c for c in train if c]
-        if train:
-            s, y = _mean_curve(train)
-            ax1.plot(s, _smooth(y), color=colors[key[2]], ls=styles[key[1]], label=label, lw=1.3)
-        val = [series(m, f"val/{metric}") for m in logs]
-        val = [c for c in val if c]
-        if val:
-            s, y = _mean_curve(val)
-            ax2.plot(s + 1, y * metric_scale(metric), marker="o", ls=styles[key[1]],
-                     color=colors[key[2]], label=label)  # fmt: skip
-    if isinstance(baseline, (int, float)):
-        ax1.axhline(baseline, color="k", ls="--", lw=1, label=f"memoryless baseline {baseline:.3g}")
-        if metric == "mse":
-            ax2.axhline(baseline, color="k", ls="--", lw=1, label="memoryless baseline")
-    ax1.set_yscale("log")
-    ax1.set_xlabel("training step")
-    ax1.set_ylabel("train loss (mean over seeds, 5-point smoothing)")
-    ax2.set_xlabel("training step")
-    ax2.set_ylabel(f"validation {metric_label(metric or '')}")
-    if metric == "mse":
-        ax2.set_yscale("log")
-    ax1.legend(fontsize=7)
-    ax2.legend(fontsize=7)
-    fig.suptitle(f"{task}: learning curves")
-    fig.tight_layout()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for _, g in runs.groupby("variant", sort=False):
+        curves = []
+        for _, r in g.iterrows():
+            m = read_metrics(root / r.run_dir)
+            if "train/loss_step" in m:
+                curves.append(m.set_index("step")["train/loss_step"].dropna() / r.baseline)
+        if curves:
+            mean = pd.concat(curves, axis=1).mean(axis=1).rolling(5, min_periods=1).mean()
+            ax.plot(mean.index + 1, mean.values, label=f"{g.label.iloc[0]} ({len(curves)})")
+    ax.axhline(1.0, color="k", ls="--", lw=1, label="memoryless baseline")
+    ax.set(yscale="log", xlabel="training step", ylabel="train loss / baseline", title=task)
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
     path = out / f"curves_{task}.png"
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return path
 
 
-def plot_gradflow(task: str, grouped: dict, out: Path) -> Path | None:
-    keys = [k for k in grouped if k[0] == task]
-    if not keys:
+def plot_gradflow(task: str, runs: pd.DataFrame, root: Path, out: Path) -> Path | None:
+    """log10 ||dL/dh_t|| after training, one line per variant (layer 0, mean over seeds)."""
+    from seqnorm.plots import grad_norm_curve
+
+    rows, labels = [], []
+    for _, g in runs.groupby("variant", sort=False):
+        ends = [np.load(f)["end"][0] for f in (root / g.run_dir).map(lambda p: p / "probes.npz")
+                if f.exists() and "end" in np.load(f)]  # fmt: skip
+        if ends:
+            rows.append(np.mean(ends, axis=0))
+            labels.append(g.label.iloc[0])
+    if not rows:
         return None
-    plt = _pyplot()
-    constraints = _order([k[2] for k in keys], CONSTRAINT_ORDER)
-    colors, styles = _colors(constraints), _styles([k[1] for k in keys])
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    drawn = False
-    for key in sorted(keys, key=lambda k: (k[1], constraints.index(k[2]))):
-        for ax, when in zip(axes, ("init", "end"), strict=True):
-            curves = []
-            for r in grouped[key]:
-                path = Path(r["run_dir"]) / "probes.npz"
-                if path.exists():
-                    with np.load(path) as z:
-                        if when in z:
-                            curves.append(z[when][-1])  # top layer, (T,)
-            if curves:
-                y = np.mean(curves, axis=0)
-                ax.plot(np.arange(len(y)), y, color=colors[key[2]], ls=styles[key[1]], lw=1.3,
-                        label=f"{key[1]} {key[2]} (n={len(curves)})")  # fmt: skip
-                drawn = True
-    if not drawn:
-        plt.close(fig)
-        return None
-    for ax, title in zip(axes, ("at initialisation", "after training"), strict=True):
-        ax.set_title(title)
-        ax.set_xlabel("time step t")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("log10 ||dL/dh_t|| (fixed validation batch)")
-    axes[1].legend(fontsize=7)
-    fig.suptitle(f"{task}: gradient flow")
-    fig.tight_layout()
+    fig = grad_norm_curve(10.0 ** np.stack(rows), labels=labels)  # the probe stores log10
+    fig.axes[0].set_title(f"{task}: gradient norm per time step after training")
     path = out / f"gradflow_{task}.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     return path
 
 
-# -- the document -------------------------------------------------------------------------
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
+def copy1000(out: Path) -> list[str]:
+    """The T=1000 copy curves against the baseline 10 ln 8 / 1020: a figure and a table."""
+    files = {
+        k: out / "copy1000" / f"{k}.csv"
+        for k in COPY1000
+        if (out / "copy1000" / f"{k}.csv").exists()
+    }
+    if not files:
+        return ["No T=1000 curves in `results/copy1000/` yet."]
+    base = 10 * math.log(8) / 1020
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4))
+    rows = []
+    for name, path in files.items():
+        loss = pd.read_csv(path).set_index("step")["train/loss_step"].dropna()
+        smooth = loss.rolling(5, min_periods=1).mean()
+        ax.plot(loss.index + 1, loss.values, label=COPY1000[name])
+        below = smooth[smooth < 0.5 * base]
+        rows.append({"run": COPY1000[name], "iterations logged": int(loss.index[-1]) + 1,
+                     "loss (mean of last 5 logs)": f"{loss.tail(5).mean():.4f}",
+                     "/ baseline": f"{loss.tail(5).mean() / base:.3f}",
+                     "first below half the baseline": int(below.index[0]) + 1 if len(below) else "-"})  # fmt: skip  # noqa: E501
+    ax.axhline(base, color="k", ls="--", lw=1, label="baseline 10 ln 8 / 1020")
+    ax.set(
+        yscale="log", xlabel="iteration", ylabel="train loss (cross-entropy)", title="copy T=1000"
+    )
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.savefig(out / "curves_copy1000.png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return [pd.DataFrame(rows).to_markdown(index=False), "", "![copy T=1000](curves_copy1000.png)"]
 
+
+# -- the acceptance check and the document ---------------------------------------------------
+def check(df: pd.DataFrame) -> list[tuple[str, bool]]:
+    """The issue's acceptance check on runs.csv: (condition, holds)."""
+    copy = df[(df.task.str.startswith("copy")) & (df.status == "ok")]
+    long = copy[copy["T"] >= 1000]
+    return [
+        ("one commit, clean", df.git_commit.nunique() == 1 and bool(df.git_clean.all())),
+        ("no absolute paths", not df.run_dir.astype(str).str.startswith("/").any()),
+        ("a copy run at T=100 reaches the criterion",
+         bool(copy[copy["T"] == 100].steps_to_criterion.notna().any())),
+        ("a copy run at T>=1000 ends below half the baseline",
+         bool((long.val_loss_final < 0.5 * long.baseline).any())),
+    ]  # fmt: skip
+
+
+def elapsed(log: Path) -> str:
+    """Wall-clock of the grid from its log: the last 'min elapsed' of each invocation, summed."""
+    if not log.exists():
+        return "unknown (no reproduce.log)"
+    parts = re.split(r".*\d+ runs, \d+ finished, \d+ to run\n", log.read_text())[1:]
+    mins = [float(m[-1]) for p in parts if (m := re.findall(r"([\d.]+) min elapsed", p))]
+    return f"{sum(mins):.0f} min over {len(parts)} invocation(s)" if mins else "unknown"
+
+
+def render(df: pd.DataFrame, planned: int | None, root: Path, out: Path, log: Path) -> str:
     import torch
 
-    return (
-        f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}; "
-        f"Python {platform.python_version()}, torch {torch.__version__}; "
-        "one thread per run (OMP_NUM_THREADS=1)"
-    )
-
-
-def grid_elapsed(log: Path) -> str | None:
-    """Wall-clock of the grid from reproduce.log: the last 'min elapsed' of every
-    invocation (a resumed grid has several), summed."""
-    if not log.exists():
-        return None
-    total, runs, last = 0.0, 0, None
-    for line in log.read_text().splitlines():
-        if re.search(r"\d+ runs, \d+ finished, \d+ to run", line):
-            total, runs, last = total + (last or 0.0), runs + 1, None
-        m = re.search(r"([\d.]+) min elapsed", line)
-        if m:
-            last = float(m.group(1))
-    total += last or 0.0
-    if not runs or not total:
-        return None
-    how = f" over {runs} invocations (stopped and resumed)" if runs > 1 else ""
-    return f"{total:.0f} min{how}"
-
-
-def _sorted_keys(task: str, grouped: dict) -> list[tuple[str, str, str]]:
-    keys = [k for k in grouped if k[0] == task]
-    constraints = _order([k[2] for k in keys], CONSTRAINT_ORDER)
-    return sorted(keys, key=lambda k: (k[1], constraints.index(k[2])))
-
-
-def budget_notes(path: Path) -> list[str]:
-    """The leading comment block of a budget file (what it is, what was cut and why)."""
-    lines = []
-    for line in path.read_text().splitlines():
-        if not line.startswith("#") or line.lstrip("# ").startswith("Keys:"):
-            break
-        lines.append(line.lstrip("# ").rstrip())
-    text = " ".join(ln for ln in lines if ln)
-    return [f"> {text}"] if text else []
-
-
-def headline(tasks: list[str], grouped: dict) -> list[str]:
-    """One line per (layer, constraint): each task's final test metric and criterion cell."""
-    layers_constraints = sorted(
-        {(k[1], k[2]) for k in grouped},
-        key=lambda lc: (lc[0], CONSTRAINT_ORDER.index(lc[1]) if lc[1] in CONSTRAINT_ORDER else 99),
-    )
-    head, rule = ["layer", "constraint"], ["---", "---"]
-    for task in tasks:
-        metric = next(v for k, v in grouped.items() if k[0] == task)[0]["metric"]
-        head.append(f"{task}: test {metric_label(metric)}")
-        rule.append("---")
-        if next(v for k, v in grouped.items() if k[0] == task)[0].get("criterion"):
-            head.append(f"{task}: steps to criterion (seeds reached)")
-            rule.append("---")
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(rule) + "|"]
-    for layer, constraint in layers_constraints:
-        cells = [layer, constraint]
-        for task in tasks:
-            runs = [r for r in grouped.get((task, layer, constraint), []) if r["status"] == "ok"]
-            any_run = next(v for k, v in grouped.items() if k[0] == task)[0]
-            sc = metric_scale(any_run["metric"])
-            cells.append(fmt([r["test_metric_final"] for r in runs], 3, sc) if runs else "-")
-            if any_run.get("criterion"):
-                cells.append(crit_cell(runs) if runs else "-")
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
-
-
-def table(task: str, grouped: dict) -> list[str]:
-    keys = [k for k in grouped if k[0] == task]
-    metric = grouped[keys[0]][0]["metric"]
-    ml, sc = metric_label(metric), metric_scale(metric)
+    ok = df[df.status == "ok"]
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    budget = df.budget.iloc[0]
+    notes = BUDGETS / f"{budget}.yaml"
+    commits = ", ".join(f"`{c[:12]}`" for c in df.git_commit.unique())
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.machine())  # fmt: skip
     lines = [
-        f"| layer | constraint | seeds | test {ml} (final) | test {ml} (at best val) | "
-        f"best val {ml} | final val loss | steps to criterion (reached) | decay init | "
-        "decay end | grad ratio end | fit min (last attempt) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for key in _sorted_keys(task, grouped):
-        runs = grouped[key]
-        ok = [r for r in runs if r["status"] == "ok"]
-        failed = len(runs) - len(ok)
-        seeds = f"{len(ok)}" + (f" (+{failed} failed)" if failed else "")
-        resumed = sum(_resumed(r) for r in ok)
-        seeds += f" ({resumed} resumed)" if resumed else ""
-        lines.append(
-            "| "
-            + " | ".join(
-                [
-                    key[1],
-                    key[2],
-                    seeds,
-                    fmt([r["test_metric_final"] for r in ok], 3, sc),
-                    fmt([r["test_metric_at_best_val"] for r in ok], 3, sc),
-                    fmt([r["val_metric_best"] for r in ok], 3, sc),
-                    fmt([r["val_loss_final"] for r in ok], 3),
-                    crit_cell(ok) if ok else "-",
-                    fmt([r["decay_rate_init"] for r in ok], 2) + _underflow(ok, "init"),
-                    fmt([r["decay_rate_end"] for r in ok], 2) + _underflow(ok, "end"),
-                    fmt([r["grad_ratio_end"] for r in ok], 2),
-                    fmt([(r["fit_time_s"] or 0) / 60 for r in ok], 2),
-                ]
-            )
-            + " |"
-        )
-    return lines
-
-
-def _resumed(row: dict[str, Any]) -> bool:
-    """Whether the run was stopped and resumed from a checkpoint (more than one log version)."""
-    return len(list((Path(row["run_dir"]) / "logs").glob("version_*"))) > 1
-
-
-#: log10 of float32's smallest normal number: a probe curve at this floor has underflowed.
-FLOOR = float(np.log10(np.finfo(np.float32).tiny))
-
-
-def _underflow(rows: list[dict[str, Any]], when: str) -> str:
-    """A dagger when >= 10% of some run's probe curve (top layer) underflowed float32."""
-    for r in rows:
-        path = Path(r["run_dir"]) / "probes.npz"
-        if path.exists():
-            with np.load(path) as z:
-                if when in z and (z[when][-1] <= FLOOR + 0.01).mean() >= 0.1:
-                    return " †"
-    return ""
-
-
-def findings(task: str, grouped: dict) -> list[str]:
-    """Plain statements read off the numbers: baseline beaten, criterion, vs. unconstrained."""
-    keys = _sorted_keys(task, grouped)
-    out = []
-    first = grouped[keys[0]][0]
-    metric, baseline = first["metric"], first.get("baseline")
-    sc = metric_scale(metric)
-    if isinstance(baseline, (int, float)):
-        beats = [
-            f"{k[1]} {k[2]}"
-            for k in keys
-            if grouped[k]
-            and all(
-                isinstance(r["val_loss_final"], (int, float))
-                and r["val_loss_final"] < BEAT * baseline
-                for r in grouped[k]
-            )
-        ]
-        out.append(
-            f"- **Beat the memoryless baseline** (final val loss < {BEAT:g} x baseline, every "
-            f"seed): {', '.join(beats) or 'none of the constraints, unconstrained included'}."
-        )
-    if first.get("criterion"):
-        fast = []
-        for k in keys:
-            reached = [r["steps_to_criterion"] for r in grouped[k] if r["steps_to_criterion"]]
-            if reached:
-                fast.append(f"{k[1]} {k[2]} ({fmt(reached, 3)}, {len(reached)}/{len(grouped[k])})")
-        out.append(
-            f"- **Reached the criterion** ({first['criterion']}): "
-            f"{', '.join(fast) or 'none, in ' + str(first['steps']) + ' steps'}."
-        )
-    if metric == "acc":
-        out.append("- Chance is 10%; always answering the most frequent class gives about 11%.")
-    for key in keys:
-        ok = [r for r in grouped[key] if r["status"] == "ok"]
-        if not ok:
-            out.append(f"- {key[1]} {key[2]}: no finished run.")
-            continue
-        m_loss, _, n = mean_std([r["val_loss_final"] for r in ok])
-        parts = []
-        if isinstance(baseline, (int, float)):
-            beat = [
-                r["val_loss_final"]
-                for r in ok
-                if isinstance(r["val_loss_final"], (int, float))
-                and r["val_loss_final"] < BEAT * baseline
-            ]
-            rel = m_loss / baseline if baseline else math.nan
-            parts.append(
-                f"final val loss {m_loss:.4g} = {rel:.3f} x the memoryless baseline "
-                f"({baseline:.3g}); clearly below it (< {BEAT:g} x) in {len(beat)}/{len(ok)} seeds"
-            )
-        if first.get("criterion"):
-            reached = [r["steps_to_criterion"] for r in ok if r["steps_to_criterion"] is not None]
-            if reached:
-                parts.append(
-                    f"criterion ({first['criterion']}) reached in {len(reached)}/{len(ok)} "
-                    f"seeds, at step {fmt(reached, 3)}"
-                )
-            else:
-                parts.append(
-                    f"criterion ({first['criterion']}) never reached in {ok[0]['steps']} steps"
-                )
-        if metric in ("acc", "symbol_acc"):
-            parts.append(
-                f"test {metric_label(metric)} {fmt([r['test_metric_final'] for r in ok], 3, sc)}"
-            )
-        out.append(f"- {key[1]} {key[2]}: " + "; ".join(parts) + ".")
-    # against the unconstrained layer of the same type
-    for layer in sorted({k[1] for k in keys}):
-        ref = grouped.get((task, layer, "none"))
-        if not ref:
-            continue
-        better = max if metric in ("acc", "symbol_acc") else min
-        ref_m = mean_std([r["test_metric_final"] for r in ref])[0]
-        winners, losers = [], []
-        for key in keys:
-            if key[1] != layer or key[2] == "none":
-                continue
-            m = mean_std([r["test_metric_final"] for r in grouped[key]])[0]
-            if math.isnan(m) or math.isnan(ref_m):
-                continue
-            (winners if better(m, ref_m) == m and m != ref_m else losers).append(
-                f"{key[2]} ({m * sc:.3g})"
-            )
-        out.append(
-            f"- Against unconstrained {layer} (test {metric_label(metric)} "
-            f"{ref_m * sc:.3g}): better on the mean: {', '.join(winners) or 'none'}; "
-            f"not better: {', '.join(losers) or 'none'}."
-        )
-    return out
-
-
-def ours(task: str, grouped: dict) -> str:
-    """Our best (over constraints) MNIST test accuracy at the best-validation checkpoint."""
-    best = None
-    for key, runs in grouped.items():
-        if key[0] != task:
-            continue
-        m, s, n = mean_std([r["test_metric_at_best_val"] for r in runs if r["status"] == "ok"])
-        if n and (best is None or m > best[0]):
-            best = (m, s, n, key, runs[0])
-    if best is None:
-        return "not run"
-    m, s, n, key, r = best
-    return (
-        f"{m * 100:.1f}% ({key[1]} {key[2]}, H={r['hidden']}, {r['steps']} steps; test at best val)"
-    )
-
-
-def render(rows: list[dict[str, Any]], out: Path, runs_csv: Path, log: Path | None) -> str:
-    grouped = groups(rows)
-    tasks = _order([r["task"] for r in rows], TASK_ORDER)
-    missing = [t for t in TASK_ORDER if t not in tasks]
-    budgets = sorted({str(r["budget"]) for r in rows})
-    commits = sorted({str(r["git_commit"]) for r in rows})
-    total_work = sum((r["wall_time_s"] or 0) for r in rows) / 60
-    elapsed = grid_elapsed(log) if log else None
-    budget_files = [BUDGETS / f"{b}.yaml" for b in budgets if (BUDGETS / f"{b}.yaml").exists()]
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    n_failed = sum(r["status"] != "ok" for r in rows)
-    probe_n = sorted({str(r.get("probe_batch") or 32) for r in rows})
-    md = [
         "# seqnorm: constraints on the long-range benchmarks",
         "",
-        f"Generated by `experiments/report.py` on {date} from `{_rel(runs_csv)}` "
-        f"({len(rows)} runs, {n_failed} failed).",
-        "",
-        "## How to regenerate",
+        f"Generated by `experiments/report.py` on {now} from `runs.csv`: {len(ok)} runs finished"
+        + (f" of {planned} planned" if planned else "")
+        + f", {len(df) - len(ok)} failed.",
         "",
         "```bash",
-        *[
-            f".venv/bin/python experiments/reproduce.py --budget {b} --workers 2   "
-            "# resumable: skips runs already in runs.csv"
-            for b in budgets
-        ],
-        ".venv/bin/python experiments/report.py        # this file and the figures",
+        "git worktree add ../wt_grid <commit> && cd ../wt_grid    # one clean commit",
+        f"PYTHONPATH=$PWD python experiments/reproduce.py --budget {budget} --workers 2",
+        "cd - && python experiments/report.py --root ../wt_grid "
+        "--runs ../wt_grid/experiments/results/runs.csv",
         "```",
         "",
-        f"- Budget: {', '.join(f'`{_rel(p)}`' for p in budget_files) or ', '.join(budgets)}"
-        " (every run is `seqnorm fit --config configs/<task>.yaml` plus that file's "
-        "overrides, through `seqnorm.cli.main`; each run's exact command is in "
-        "`runs/reproduce/<run_id>/cmd.txt`).",
-        f"- Machine: {machine()}.",
-        f"- Date: {date}. Commit(s): {', '.join(f'`{c}`' for c in commits)}"
-        " (`+dirty`: seqnorm/ or configs/ had uncommitted changes).",
-        f"- Time: {total_work:.0f} min of single-thread work in total"
-        + (f"; {elapsed} wall-clock with 2 workers." if elapsed else "."),
+        f"- Commit: {commits}; clean checkout: {'yes' if df.git_clean.all() else 'NO'} "
+        "(recorded by each run's own worker).",
+        f"- Machine: {cpu}, {os.cpu_count()} cores shared with other work; Python "
+        f"{platform.python_version()}, torch {torch.__version__}; one thread per run.",
+        f"- Time: {ok.wall_time_s.sum() / 60:.0f} min of run time in total; grid wall-clock "
+        f"{elapsed(log)} with 2 workers.",
         "",
-    ]
-    for path in budget_files:
-        md += [f"Notes from `{_rel(path)}`:", "", *budget_notes(path), ""]
-    if missing:
-        md += [
-            f"**Not in this runs.csv: {', '.join(missing)}** — no numbers for "
-            f"{'it' if len(missing) == 1 else 'them'} below.",
-            "",
-        ]
-    md += [
+        "> "
+        + " ".join(ln.lstrip("# ") for ln in notes.read_text().split("# Keys:")[0].splitlines())
+        if notes.exists()
+        else "",
+        "",
         "## Headline",
         "",
-        "Test metric at the end of training (mean ± std over seeds) and training steps until "
-        "the criterion was first met (copy: batch loss < 10% of the memoryless baseline; "
-        "adding: batch MSE < 0.01).",
+        "Final test metric, mean ± std over seeds (seeds in brackets), and steps until the "
+        "criterion was first met (copy: batch loss < 10% of the memoryless baseline; adding: "
+        "batch MSE < 0.01), median over the seeds that reached it.",
         "",
-        *headline(tasks, grouped),
-        "",
-        "Columns of the per-task tables: *test (final)* is the test set at the last step; "
-        "*test (at best val)* at the checkpoint with the best validation loss (copy, adding) "
-        "or accuracy (MNIST); *best val* the best validation value over the run; *steps to "
-        "criterion* the first logged training step (every 10th is logged) whose batch value "
-        "is below the criterion, with how many seeds reached it; *decay* the change of "
-        "log10 ||dL/dh_t|| per 100 steps going back in time (negative: vanishing; a robust "
-        f"slope fit, `seqnorm.probes.summarize`) on {'/'.join(probe_n)} fixed validation "
-        "samples, at initialisation and at the end (recomputed by this report from each run's "
-        "saved curves, `probes.npz`, with the current `seqnorm.probes.summarize`; runs.csv "
-        "holds the values of the library that ran); *grad ratio* ||dL/dh_0|| / "
-        "||dL/dh_T-1|| at the end. Mean ± std over seeds. † on >= 10% of the steps of at least "
-        "one run the curve sits at the probe's floor, log10 = -37.9 (float32's smallest "
-        "normal number): the float32 gradient itself underflowed there (the probe takes the "
-        "norm in float64, so only a gradient below float32's range reads as the floor). The "
-        "decay rate is then fitted on the measurable part of the curve only, and a grad "
-        "ratio at the floor (~1e-38) is an upper bound: the true ratio is smaller. "
-        "*resumed*: stopped and resumed from its last checkpoint (exact resume); its fit time "
-        "counts the last attempt only.",
+        headline(ok).to_markdown(index=False),
         "",
     ]
-    for task in tasks:
-        keys = [k for k in grouped if k[0] == task]
-        r0 = grouped[keys[0]][0]
-        desc = (
-            f"T={r0['T']} (input length {r0['seq_len']}), hidden {r0['hidden']}, batch "
-            f"{r0['batch']}, lr {r0['lr']}, {r0['steps']} steps ({r0['epochs']} epoch(s))"
-        )
-        if isinstance(r0.get("baseline"), (int, float)):
-            desc += f", memoryless baseline {r0['baseline']:.4g}"
-        md += [f"## {task}", "", desc + ".", "", *table(task, grouped), ""]
-        for name, fig in (
-            ("learning curves", plot_curves(task, grouped, out)),
-            ("gradient flow", plot_gradflow(task, grouped, out)),
-        ):
-            if fig is not None:
-                md.append(f"![{task} {name}]({fig.name})")
-        md += ["", "What the numbers say:", "", *findings(task, grouped), ""]
-    md += [
-        "## Published figures, for reference",
-        "",
-        "These come from the papers' full protocols (70 epochs of 55k-60k images at N=128-512; "
-        "copy at T=1000/2000 for 10^4+ steps). A budget such as `cpu` (each task's section above "
-        "gives its T, size and steps) is **not comparable** in budget: it shows how the "
-        "constraints behave early in training, not what they reach. Only `--budget paper` "
-        "follows the published settings; its numbers are not "
-        "in this file unless its rows are in runs.csv.",
-        "",
-        "| task | model | size | published | protocol | seqnorm, this runs.csv |",
-        "|---|---|---|---|---|---|",
-    ]
-    for t, m, n, v, proto in PUBLISHED:
-        task = {"sMNIST": "smnist", "psMNIST": "psmnist"}.get(t)
-        here = ours(task, grouped) if task else "-"
-        md.append(f"| {t} | {m} | {n} | {v} | {proto} | {here} |")
-    md += [
-        "",
-        "Our MNIST test accuracy at the best-validation checkpoint follows the coRNN/LEM "
-        "protocol; the expRNN/scoRNN protocol (best test accuracy over epochs) would need a "
-        "test pass every epoch and is not computed. The copy baselines above are for "
-        "T=1000/2000; the T of each copy run here is in its section.",
-        "",
-    ]
-    return "\n".join(md)
+    if (RESULTS / "notes.md").exists():
+        lines += ["## Reading", "", (RESULTS / "notes.md").read_text().strip(), ""]
+    for task, runs in ok.groupby("task", sort=False):
+        r = runs.iloc[0]
+        lines += [f"## {task}", "",
+                  f"T={r['T']:.0f}, hidden {r.hidden:.0f}, batch {r.batch:.0f}, {r.steps:.0f} "
+                  f"steps, memoryless baseline {r.baseline:.4g}. Each row's overrides: `runs.csv`.",
+                  "",
+                  task_table(runs).to_markdown(index=False), ""]  # fmt: skip
+        proj = projection_table(runs)
+        if proj is not None:
+            lines += ["Input projection (learned `Linear(input_dim, H)` before the layer) "
+                      "against the raw input, same rows otherwise (test MSE, steps to MSE < 0.01):",
+                      "", proj.to_markdown(index=False), ""]  # fmt: skip
+        lines.append(f"![{task} curves]({plot_curves(task, runs, root, out).name})")
+        flow = plot_gradflow(task, runs, root, out)
+        lines += [f"![{task} gradient flow]({flow.name})" if flow else "", ""]
+    lines += ["## Copy at T=1000", "", *copy1000(out), ""]
+    lines += ["## Acceptance check (issue 16)", ""]
+    lines += [f"- [{'x' if held else ' '}] {what}" for what, held in check(df)]
+    return "\n".join(lines) + "\n"
 
 
-def _rel(path: Path) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(ROOT))
-    except ValueError:
-        return str(path)
+def update_readme(readme: Path, table: str) -> bool:
+    """Put ``table`` between the README's results markers; False when it has none."""
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        return False
+    head, rest = text.split(README_START, 1)
+    note = "<!-- generated by experiments/report.py from runs.csv; do not edit by hand -->"
+    readme.write_text(
+        f"{head}{README_START}\n{note}\n\n{table}\n{README_END}{rest.split(README_END, 1)[1]}"
+    )
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=Path, default=RESULTS / "runs.csv", help="runs.csv")
-    parser.add_argument("--out-dir", type=Path, default=RESULTS, help="RESULTS.md + figures")
-    parser.add_argument("--log", type=Path, default=None, help="reproduce.log (for wall time)")
-    parser.add_argument("--readme", type=Path, default=ROOT / "README.md",
-                        help="README whose results table (between the results markers) is "
-                        "regenerated; skipped when it has no markers")  # fmt: skip
+    parser.add_argument("--runs", type=Path, default=RESULTS / "runs.csv")
+    parser.add_argument("--root", type=Path, default=ROOT, help="the checkout that ran the grid")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS)
+    parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    parser.add_argument("--planned", type=int, help="runs the budget plans (for the count)")
+    parser.add_argument("--copy1000-from", type=Path, help="refresh results/copy1000/ from DIR")
+    parser.add_argument("--check", action="store_true", help="only the acceptance check")
     ns = parser.parse_args(argv)
-    if not ns.runs.exists():
-        parser.error(f"--runs: {ns.runs} does not exist; run experiments/reproduce.py first")
-    rows = load_rows(ns.runs)
-    if not rows:
-        parser.error(f"--runs: {ns.runs} has no rows")
-    resummarize(rows)
+    df = pd.read_csv(ns.runs).drop_duplicates("run_id", keep="last")
+    if ns.check:
+        results = check(df)
+        for what, held in results:
+            print(f"{'ok  ' if held else 'FAIL'} {what}")
+        return int(not all(held for _, held in results))
     ns.out_dir.mkdir(parents=True, exist_ok=True)
-    log = ns.log or ns.runs.with_name("reproduce.log")
-    text = render(rows, ns.out_dir, ns.runs, log)
-    (ns.out_dir / "RESULTS.md").write_text(text + "\n", encoding="utf-8")
-    print(f"report: wrote {ns.out_dir / 'RESULTS.md'} ({len(rows)} runs)")
-    if ns.readme is not None and ns.readme.exists():
-        if update_readme(ns.readme, rows):
-            print(f"report: updated the results table in {ns.readme}")
+    if ns.copy1000_from:
+        (ns.out_dir / "copy1000").mkdir(exist_ok=True)
+        for name in COPY1000:
+            src = ns.copy1000_from / name / "csv" / "version_0" / "metrics.csv"
+            if src.exists():
+                shutil.copy(src, ns.out_dir / "copy1000" / f"{name}.csv")
+    log = ns.runs.parent / "reproduce.log"
+    (ns.out_dir / "RESULTS.md").write_text(render(df, ns.planned, ns.root, ns.out_dir, log))
+    print(f"report: wrote {ns.out_dir / 'RESULTS.md'} ({len(df)} runs)")
+    if ns.readme.exists() and update_readme(
+        ns.readme, headline(df[df.status == "ok"]).to_markdown(index=False)
+    ):
+        print(f"report: updated the results table in {ns.readme}")
     return 0
-
-
-README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
-
-
-def update_readme(readme: Path, rows: list[dict[str, Any]]) -> bool:
-    """Replace the text between the results markers of ``readme`` with the headline table.
-
-    Returns whether the file had the markers (and so was updated).
-    """
-    text = readme.read_text(encoding="utf-8")
-    if README_START not in text or README_END not in text:
-        return False
-    grouped = groups(rows)
-    tasks = list(dict.fromkeys(r["task"] for r in rows))
-    budgets = ", ".join(sorted({r["budget"] for r in rows}))
-    block = [
-        README_START,
-        f"<!-- generated by experiments/report.py from runs.csv ({len(rows)} runs, budget: "
-        f"{budgets}); do not edit by hand -->",
-        "",
-        *headline(tasks, grouped),
-        README_END,
-    ]
-    head, rest = text.split(README_START, 1)
-    tail = rest.split(README_END, 1)[1]
-    readme.write_text(head + "\n".join(block) + tail, encoding="utf-8")
-    return True
 
 
 if __name__ == "__main__":
