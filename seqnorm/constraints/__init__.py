@@ -30,7 +30,8 @@ from .band import Band
 from .bound import Bound
 from .conv import CONV_CONSTRAINTS, ConvBound, ConvNorm, ConvScaled, ConvSpectral
 from .conv_geometry import CONV_TYPES, ConvGeometry
-from .conv_norm import conv_operator_norm, conv_power_norm, reshaped_kernel_norm
+from .conv_norm import conv_operator_norm, reshaped_kernel_norm
+from .conv_power import conv_power_norm
 from .gates import GateSubset
 from .norm import ESTIMATORS, SigmaNorm
 from .orthogonal import MAPS, Orthogonal

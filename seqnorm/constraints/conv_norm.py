@@ -28,7 +28,8 @@ number can be several times smaller or larger. Both are computed here:
 
 * :func:`conv_power_norm` -- the operator norm at one input size by power iteration through
   ``conv`` and ``conv_transpose``: a lower bound that converges to the true value, for
-  measuring how tight the bounds are.
+  measuring how tight the bounds are (:mod:`seqnorm.constraints.conv_power`; importable
+  from here too).
 
 Cost: the largest singular value of a ``c_out x c_in s**d`` complex matrix at every
 frequency evaluated, about ``(22 sum_j n_j)**d / 2`` of them (slack 1%) when the spectrum is
@@ -44,13 +45,14 @@ Guarantees by padding mode: see :mod:`seqnorm.constraints.conv_geometry`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..linalg import compute_dtype, top_singular_vectors
 from .conv_geometry import ConvGeometry, check_weight, fold, spatial_shape, stride_one_kernel
+from .conv_power import conv_power_norm
 
 __all__ = [
     "conv_operator_norm",
@@ -242,7 +244,7 @@ def conv_operator_norm(
     ``y[n] = x[n] + x[n + 1]`` doubles a constant input (``sup_w |1 + e^{-iw}| = 2``); on a
     finite input without padding it stretches a little less:
 
-    >>> w, g = torch.ones(1, 1, 2), ConvGeometry.of(nn.Conv1d(1, 1, 2))
+    >>> w, g = torch.ones(1, 1, 2), ConvGeometry.of(torch.nn.Conv1d(1, 1, 2))
     >>> 2.0 <= float(conv_operator_norm(w, g)) <= 2.0 * 1.01  # every input size
     True
     >>> float(conv_operator_norm(w, g, input_shape=8))  # length 8: exact circulant bound
@@ -277,58 +279,3 @@ def reshaped_kernel_norm(weight: Tensor) -> Tensor:
     v0 = torch.randn(1, W.shape[2], generator=gen).to(device=W.device, dtype=dt)
     u, v = top_singular_vectors(W.detach(), u0, v0)
     return torch.einsum("bi,bij,bj->", u, W.to(dt), v).to(weight.dtype)
-
-
-def _conv_fn(geometry: ConvGeometry) -> Callable[..., Tensor]:
-    return (None, nn.functional.conv1d, nn.functional.conv2d, nn.functional.conv3d)[geometry.dims]
-
-
-def _padded(x: Tensor, geometry: ConvGeometry) -> Tensor:
-    pad = [p for lr in reversed(geometry.padding) for p in lr]
-    if geometry.padding_mode == "zeros":
-        return nn.functional.pad(x, pad)
-    return nn.functional.pad(x, pad, mode=geometry.padding_mode)
-
-
-@torch.no_grad()
-def conv_power_norm(
-    weight: Tensor,
-    geometry: ConvGeometry,
-    input_shape: Sequence[int] | int,
-    n_iterations: int = 200,
-    seed: int = 0,
-) -> Tensor:
-    """Operator norm at one input size by power iteration (a lower bound, converging).
-
-    Runs ``x <- A^T A x`` with ``A`` the convolution (``conv``, padding included) and
-    ``A^T`` its adjoint (by autograd through ``A``, which is exactly ``conv_transpose``
-    with the matching output size, for every padding mode). Returns ``||A x||`` for the
-    final unit ``x``.
-
-    Args:
-        weight: the kernel.
-        geometry: its geometry.
-        input_shape: the input's spatial sizes (optionally preceded by channels, batch).
-        n_iterations: power iterations.
-        seed: seed of the start vector (a local generator; the global RNG is untouched).
-    """
-    check_weight(weight, geometry)
-    channels = weight.shape[1] * geometry.groups
-    size = spatial_shape(input_shape, geometry.dims, channels)
-    conv = _conv_fn(geometry)
-    W = weight.detach().to(compute_dtype(weight.dtype))
-
-    def A(x: Tensor) -> Tensor:
-        return conv(_padded(x, geometry), W, None, geometry.stride, 0, geometry.dilation,
-                    geometry.groups)  # fmt: skip
-
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    x = torch.randn(1, channels, *size, generator=gen).to(device=W.device, dtype=W.dtype)
-    x = x / x.norm()
-    for _ in range(n_iterations):
-        with torch.enable_grad():
-            xr = x.detach().requires_grad_(True)
-            y = A(xr)
-            (g,) = torch.autograd.grad(y, xr, y.detach())  # A^T A x
-        x = g / g.norm().clamp_min(torch.finfo(g.dtype).tiny)
-    return A(x).norm().to(weight.dtype)

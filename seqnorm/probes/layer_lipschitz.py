@@ -22,6 +22,7 @@ AvgPool                         its operator norm (a per-dimension Toeplitz boun
 MaxPool                         ``sqrt(c)``, ``c`` the most windows that share one input
                                 element (1 when windows do not overlap): exact, since a
                                 spike at a shared maximum moves ``c`` outputs
+                                (pools: :mod:`seqnorm.probes.pool_lipschitz`)
 BatchNorm (eval, running stats) ``max |gamma| / sqrt(running_var + eps)``
 ==============================  ==========================================================
 
@@ -41,6 +42,7 @@ from torch import Tensor, nn
 
 from ..constraints import CONV_TYPES, ConvGeometry, conv_operator_norm
 from ..layers import RecurrentLayer
+from .pool_lipschitz import POOL_LAYERS, pool_lipschitz, spatial_dims
 
 __all__ = ["BOUNDED_LAYERS", "GELU_LIPSCHITZ", "REFUSED_LAYERS", "layer_lipschitz", "spatial_dims"]
 
@@ -116,10 +118,6 @@ _COMPUTED: dict[type[nn.Module], str] = {
 }
 
 _DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
-_AVG_POOL = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
-_MAX_POOL = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
-_ADAPTIVE_AVG = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
-_ADAPTIVE_MAX = (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
 _BATCH_NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 #: Layers with a constant here (some have children: a constrained layer's parametrizations).
@@ -133,10 +131,7 @@ BOUNDED_LAYERS = (
     nn.ELU,
     nn.PReLU,
     *_DROPOUT,
-    *_AVG_POOL,
-    *_MAX_POOL,
-    *_ADAPTIVE_AVG,
-    *_ADAPTIVE_MAX,
+    *POOL_LAYERS,
     *_BATCH_NORM,
 )
 #: Layers that are refused even when they have children (a recurrent layer's
@@ -154,16 +149,6 @@ REFUSED_LAYERS = (
 )
 
 
-def _tuple(v: int | Sequence[int], d: int) -> tuple[int, ...]:
-    return tuple(v) if isinstance(v, (tuple, list)) else (int(v),) * d
-
-
-def spatial_dims(module: nn.Module) -> int:
-    """Spatial dimensions a ``...1d/2d/3d`` layer works on (1 for any other)."""
-    name = type(module).__name__
-    return int(name[-2]) if name[-2:] in ("1d", "2d", "3d") else 1
-
-
 def _linear(module: nn.Linear) -> float:
     W = module.weight.detach()
     return float(torch.linalg.matrix_norm(W.to(torch.float64), 2))
@@ -173,80 +158,6 @@ def _conv(module: nn.Module, size: tuple[int, ...] | None) -> float:
     g = ConvGeometry.of(module)
     W = module.weight.detach()
     return float(conv_operator_norm(W, g, size))
-
-
-def _pool_1d_norm(
-    k: int, s: int, p: int, ceil_mode: bool, include_pad: bool, n: int | None
-) -> float:
-    """Operator norm of 1-D average pooling (one dimension of a separable pool)."""
-    if n is not None:
-        eye = torch.eye(n, dtype=torch.float64).unsqueeze(1)  # (n, 1, n): basis inputs
-        A = nn.functional.avg_pool1d(eye, k, s, p, ceil_mode, include_pad)[:, 0]  # (n, out)
-        return float(torch.linalg.matrix_norm(A, 2))
-    if ceil_mode:
-        raise ValueError("ceil_mode=True needs input_shape")
-    # Zero-padded convolution with kernel 1/k; without the padding in the count, every
-    # weight is at most 1/(k - p) (entrywise larger nonnegative operator, larger norm).
-    weight = torch.full((1, 1, k), 1.0 / (k if include_pad or p == 0 else k - p))
-    geom = ConvGeometry(1, (s,), ((p, p),), (1,), 1, "zeros")
-    return float(conv_operator_norm(weight.double(), geom))
-
-
-def _avg_pool(module: nn.Module, size: tuple[int, ...] | None) -> float:
-    d = spatial_dims(module)
-    if getattr(module, "divisor_override", None):
-        raise ValueError("divisor_override is not supported")
-    k, s = _tuple(module.kernel_size, d), _tuple(module.stride or module.kernel_size, d)
-    p = _tuple(module.padding, d)
-    out = 1.0
-    for j in range(d):
-        n = None if size is None else size[j]
-        out *= _pool_1d_norm(k[j], s[j], p[j], module.ceil_mode, module.count_include_pad, n)
-    return out
-
-
-def _adaptive_avg(module: nn.Module, size: tuple[int, ...] | None) -> float:
-    if size is None:
-        raise ValueError("adaptive pooling needs input_shape")
-    d = spatial_dims(module)
-    targets = _tuple(module.output_size, d)
-    out = 1.0
-    for n, o in zip(size, targets, strict=True):
-        eye = torch.eye(n, dtype=torch.float64).unsqueeze(1)  # (n, 1, n)
-        A = nn.functional.adaptive_avg_pool1d(eye, n if o is None else o)[:, 0]  # (n, out)
-        out *= float(torch.linalg.matrix_norm(A, 2))
-    return out
-
-
-def _max_cover(k: int, s: int, dil: int) -> int:
-    """Most windows (kernel ``k``, stride ``s``, dilation ``dil``) sharing one position."""
-    return max(sum(1 for j in range(k) if (dil * j - r) % s == 0) for r in range(s))
-
-
-def _max_pool(module: nn.Module) -> float:
-    if module.return_indices:
-        raise ValueError("return_indices=True returns a tuple, not a tensor")
-    d = spatial_dims(module)
-    k, s = _tuple(module.kernel_size, d), _tuple(module.stride or module.kernel_size, d)
-    dil = _tuple(module.dilation, d)
-    return math.sqrt(math.prod(_max_cover(k[j], s[j], dil[j]) for j in range(d)))
-
-
-def _adaptive_max(module: nn.Module, size: tuple[int, ...] | None) -> float:
-    if size is None:
-        raise ValueError("adaptive pooling needs input_shape")
-    if module.return_indices:
-        raise ValueError("return_indices=True returns a tuple, not a tensor")
-    d = spatial_dims(module)
-    cover = 1
-    for n, o in zip(size, _tuple(module.output_size, d), strict=True):
-        o = n if o is None else o
-        counts = [0] * n
-        for i in range(o):  # torch's windows: [floor(i n / o), ceil((i + 1) n / o))
-            for t in range((i * n) // o, -((-(i + 1) * n) // o)):
-                counts[t] += 1
-        cover *= max(counts)
-    return math.sqrt(cover)
 
 
 def _batch_norm(module: nn.Module) -> float:
@@ -276,37 +187,30 @@ def layer_lipschitz(module: nn.Module, input_size: Sequence[int] | None = None) 
     (0.25, 2.0)
     """
     size = None if input_size is None else tuple(input_size)
-    if True:
-        if isinstance(module, nn.Linear):
-            return _linear(module)
-        if isinstance(module, CONV_TYPES):
-            return _conv(module, size)
-        if type(module) in _CONSTANT:
-            return _CONSTANT[type(module)]
-        if type(module) in _COMPUTED:
-            return _max_abs_derivative(_COMPUTED[type(module)])
-        if isinstance(module, nn.GELU):
-            if module.approximate == "tanh":
-                return _max_abs_derivative("gelu_tanh")
-            return GELU_LIPSCHITZ
-        if isinstance(module, nn.LeakyReLU):
-            return max(1.0, abs(module.negative_slope))
-        if isinstance(module, nn.ELU):
-            return max(1.0, abs(module.alpha))
-        if isinstance(module, nn.PReLU):
-            return max(1.0, float(module.weight.detach().abs().max()))
-        if isinstance(module, _DROPOUT):
-            return 1.0 / (1.0 - module.p) if module.training and module.p < 1 else 1.0
-        if isinstance(module, _AVG_POOL):
-            return _avg_pool(module, size)
-        if isinstance(module, _ADAPTIVE_AVG):
-            return _adaptive_avg(module, size)
-        if isinstance(module, _MAX_POOL):
-            return _max_pool(module)
-        if isinstance(module, _ADAPTIVE_MAX):
-            return _adaptive_max(module, size)
-        if isinstance(module, _BATCH_NORM):
-            return _batch_norm(module)
+    if isinstance(module, nn.Linear):
+        return _linear(module)
+    if isinstance(module, CONV_TYPES):
+        return _conv(module, size)
+    if type(module) in _CONSTANT:
+        return _CONSTANT[type(module)]
+    if type(module) in _COMPUTED:
+        return _max_abs_derivative(_COMPUTED[type(module)])
+    if isinstance(module, nn.GELU):
+        if module.approximate == "tanh":
+            return _max_abs_derivative("gelu_tanh")
+        return GELU_LIPSCHITZ
+    if isinstance(module, nn.LeakyReLU):
+        return max(1.0, abs(module.negative_slope))
+    if isinstance(module, nn.ELU):
+        return max(1.0, abs(module.alpha))
+    if isinstance(module, nn.PReLU):
+        return max(1.0, float(module.weight.detach().abs().max()))
+    if isinstance(module, _DROPOUT):
+        return 1.0 / (1.0 - module.p) if module.training and module.p < 1 else 1.0
+    if isinstance(module, POOL_LAYERS):
+        return pool_lipschitz(module, size)
+    if isinstance(module, _BATCH_NORM):
+        return _batch_norm(module)
     if isinstance(module, RecurrentLayer):
         raise ValueError(
             "a recurrent layer is not a feed-forward layer (its per-step bound is "
