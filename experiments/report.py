@@ -101,22 +101,19 @@ def headline(df: pd.DataFrame) -> pd.DataFrame:
 
 def projection_table(runs: pd.DataFrame) -> pd.DataFrame | None:
     """Each ``<variant>_proj`` beside ``<variant>``: does the input encoding decide?"""
-    means = runs.groupby("variant", sort=False).agg(
+    cells = runs.groupby("variant", sort=False).agg(
         label=("label", "first"),
-        mse=("test_metric_final", "mean"),
-        sd=("test_metric_final", "std"),
+        mse=("test_metric_final", pm),
         crit=("steps_to_criterion", criterion_cell),
     )
-    pairs = [(v, f"{v}_proj") for v in means.index if f"{v}_proj" in means.index]
+    pairs = [(v, f"{v}_proj") for v in cells.index if f"{v}_proj" in cells.index]
     if not pairs:
         return None
-    cell = lambda v: f"{means.mse[v]:.3g} ± {means.sd[v]:.2g}, crit {means.crit[v]}"  # noqa: E731
-    return pd.DataFrame(
-        [
-            {"row": means.label[a], "raw input": cell(a), "input projection": cell(b)}
-            for a, b in pairs
-        ]
-    )
+    cell = lambda v: f"{cells.mse[v]}; criterion {cells.crit[v]}"  # noqa: E731
+    rows = [
+        {"row": cells.label[a], "raw input": cell(a), "input projection": cell(b)} for a, b in pairs
+    ]
+    return pd.DataFrame(rows)
 
 
 # -- figures ---------------------------------------------------------------------------------
@@ -329,6 +326,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="only the acceptance check")
     ns = parser.parse_args(argv)
     df = pd.read_csv(ns.runs).drop_duplicates("run_id", keep="last")
+    if (BUDGETS / f"{df.budget.iloc[0]}.yaml").exists():  # rows and tasks in the budget's order
+        budget = load_budget(df.budget.iloc[0])
+        rank = {k: i for i, k in enumerate([*budget["tasks"], *budget["variants"]])}
+        df = df.sort_values(["task", "variant", "seed"], key=lambda c: c.map(rank).fillna(c))
     if ns.check:
         results = check(df)
         for what, held in results:
