@@ -1,7 +1,6 @@
 # Two commands for a fresh machine (each sets up .venv once, then reuses it):
 #   make demo   short real training run on the copy task: orthogonal modReLU RNN (expRNN
 #               recipe) vs tanh RNN vs GRU, loss curves beside gradient-flow heatmaps
-#               with its gradient-flow heatmaps; see README.md for where things land
 #   make test   the test suite
 #
 # torch is installed first and on its own: a plain `torch` requirement with no torch present
