@@ -186,11 +186,12 @@ def copy1000(out: Path) -> list[str]:
         loss = pd.read_csv(path).set_index("step")["train/loss_step"].dropna()
         smooth = loss.rolling(5, min_periods=1).mean()
         ax.plot(loss.index + 1, loss.values, label=COPY1000[name])
-        below = smooth[smooth < 0.5 * base]
+        first = {f: smooth.index[smooth < f * base] for f in (1.0, 0.5)}
+        first = {f: int(i[0]) + 1 if len(i) else "-" for f, i in first.items()}
         rows.append({"run": COPY1000[name], "iterations logged": int(loss.index[-1]) + 1,
                      "loss (mean of last 5 logs)": f"{loss.tail(5).mean():.4f}",
                      "/ baseline": f"{loss.tail(5).mean() / base:.3f}",
-                     "first below half the baseline": int(below.index[0]) + 1 if len(below) else "-"})  # fmt: skip  # noqa: E501
+                     "first below baseline": first[1.0], "below half": first[0.5]})  # fmt: skip
     ax.axhline(base, color="k", ls="--", lw=1, label="baseline 10 ln 8 / 1020")
     ax.set(
         yscale="log", xlabel="iteration", ylabel="train loss (cross-entropy)", title="copy T=1000"
