@@ -130,6 +130,7 @@ def plot_curves(task: str, runs: pd.DataFrame, root: Path, out: Path) -> Path:
     """Training loss / memoryless baseline per variant (mean over seeds, smoothed), log scale."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)  # > 10 rows: one colour each
     for _, g in runs.groupby("variant", sort=False):
         curves = []
         for _, r in g.iterrows():
