@@ -122,7 +122,11 @@ def measure(args: argparse.Namespace) -> pd.DataFrame:
                 done[key].append(timers[key].blocked_autorange(min_run_time=args.min_run_time))
         for (layer, variant), ms in done.items():
             m = benchmark.Measurement.merge(ms)[0]
-            mem = None if args.no_memory else peak_mib(layer, variant, T, args.batch, args.hidden)
+            mem = (
+                float("nan")
+                if args.no_memory
+                else peak_mib(layer, variant, T, args.batch, args.hidden)
+            )
             rows.append(dict(layer=layer, variant=variant, T=T, ms=1e3 * m.median,
                              iqr_ms=1e3 * m.iqr, blocks=len(m.times), peak_mib=mem))  # fmt: skip
             print(f"{layer} {variant} T={T}: {1e3 * m.median:.1f} ms", file=sys.stderr)
