@@ -199,9 +199,10 @@ def copy1000(out: Path) -> list[str]:
     )
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.savefig(out / "curves_copy1000.png", dpi=100, bbox_inches="tight")
+    fig.savefig(out / "copy1000_long_runs.png", dpi=100, bbox_inches="tight")
     plt.close(fig)
-    return [pd.DataFrame(rows).to_markdown(index=False), "", "![copy T=1000](curves_copy1000.png)"]
+    figure = "![copy T=1000, the long runs](copy1000_long_runs.png)"
+    return [pd.DataFrame(rows).to_markdown(index=False), "", figure]
 
 
 # -- the acceptance check and the document ---------------------------------------------------
