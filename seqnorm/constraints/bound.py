@@ -7,6 +7,7 @@ from torch import Tensor
 
 from ..linalg import as_blocks
 from .norm import SigmaNorm
+from .scale import check_gamma
 
 __all__ = ["Bound"]
 
@@ -33,9 +34,7 @@ class Bound(SigmaNorm):
         eps: float = 1e-12,
     ) -> None:
         super().__init__(shape, blocks, estimator, n_power_iterations, eps)
-        if not (isinstance(gamma, (int, float)) and gamma > 0):
-            raise ValueError(f"gamma must be a positive number, got {gamma!r}")
-        self.gamma = float(gamma)
+        self.gamma = check_gamma(gamma)
 
     def forward(self, W: Tensor) -> Tensor:
         Wb = as_blocks(W, self.blocks)

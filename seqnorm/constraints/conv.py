@@ -21,7 +21,6 @@ small complex matrix product each.
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,6 +30,7 @@ from torch.nn.utils import parametrize
 
 from .conv_geometry import ConvGeometry, spatial_shape
 from .conv_norm import conv_operator_norm, reshaped_kernel_norm, symbol_peak
+from .scale import bounded_scale, check_gamma, check_gamma_range, initial_scale_raw
 
 __all__ = [
     "CONV_CONSTRAINTS",
@@ -168,9 +168,7 @@ class ConvBound(ConvNorm):
         eps: float = 1e-12,
     ) -> None:
         super().__init__(geometry, norm, input_shape, slack, eps)
-        if not (isinstance(gamma, (int, float)) and gamma > 0):
-            raise ValueError(f"gamma must be a positive number, got {gamma!r}")
-        self.gamma = float(gamma)
+        self.gamma = check_gamma(gamma)
 
     def forward(self, W: Tensor) -> Tensor:
         return W / (self.sigma(W) / self.gamma).clamp_min(1.0)
@@ -203,21 +201,13 @@ class ConvScaled(ConvNorm):
         eps: float = 1e-12,
     ) -> None:
         super().__init__(geometry, norm, input_shape, slack, eps)
-        if not (isinstance(gamma_min, (int, float)) and gamma_min > 0):
-            raise ValueError(f"gamma_min must be a positive number, got {gamma_min!r}")
-        if not (isinstance(gamma_max, (int, float)) and gamma_min <= gamma_max):
-            raise ValueError(
-                f"gamma_min must be <= gamma_max, got gamma_min={gamma_min}, gamma_max={gamma_max}"
-            )
-        self.gamma_min, self.gamma_max = float(gamma_min), float(gamma_max)
-        width = self.gamma_max - self.gamma_min
-        frac = 0.5 if width == 0 else min(max((1.0 - self.gamma_min) / width, 1e-3), 1 - 1e-3)
-        self.gamma_raw = nn.Parameter(torch.tensor(math.log(frac / (1 - frac))))
+        self.gamma_min, self.gamma_max = check_gamma_range(gamma_min, gamma_max)
+        self.gamma_raw = nn.Parameter(initial_scale_raw(self.gamma_min, self.gamma_max, ()))
 
     @property
     def gamma(self) -> Tensor:
         """The effective scale, in ``[gamma_min, gamma_max]``."""
-        return self.gamma_min + (self.gamma_max - self.gamma_min) * torch.sigmoid(self.gamma_raw)
+        return bounded_scale(self.gamma_raw, self.gamma_min, self.gamma_max)
 
     def forward(self, W: Tensor) -> Tensor:
         return W * (self.gamma.to(W.dtype) / self.sigma(W))

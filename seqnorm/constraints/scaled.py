@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
 from ..linalg import as_blocks
 from .norm import SigmaNorm
+from .scale import bounded_scale, check_gamma_range, initial_scale_raw
 
 __all__ = ["Scaled"]
 
@@ -41,21 +40,13 @@ class Scaled(SigmaNorm):
         eps: float = 1e-12,
     ) -> None:
         super().__init__(shape, blocks, estimator, n_power_iterations, eps)
-        if not (isinstance(gamma_min, (int, float)) and gamma_min > 0):
-            raise ValueError(f"gamma_min must be a positive number, got {gamma_min!r}")
-        if not (isinstance(gamma_max, (int, float)) and gamma_min <= gamma_max):
-            raise ValueError(
-                f"gamma_min must be <= gamma_max, got gamma_min={gamma_min}, gamma_max={gamma_max}"
-            )
-        self.gamma_min, self.gamma_max = float(gamma_min), float(gamma_max)
-        width = self.gamma_max - self.gamma_min
-        frac = 0.5 if width == 0 else min(max((1.0 - self.gamma_min) / width, 1e-3), 1 - 1e-3)
-        self.gamma_raw = nn.Parameter(torch.full((blocks,), math.log(frac / (1 - frac))))
+        self.gamma_min, self.gamma_max = check_gamma_range(gamma_min, gamma_max)
+        self.gamma_raw = nn.Parameter(initial_scale_raw(self.gamma_min, self.gamma_max, (blocks,)))
 
     @property
     def gamma(self) -> Tensor:
         """The effective scale per block, in ``[gamma_min, gamma_max]``."""
-        return self.gamma_min + (self.gamma_max - self.gamma_min) * torch.sigmoid(self.gamma_raw)
+        return bounded_scale(self.gamma_raw, self.gamma_min, self.gamma_max)
 
     def forward(self, W: Tensor) -> Tensor:
         Wb = as_blocks(W, self.blocks)
