@@ -83,7 +83,7 @@ def test_spectral_reverse_direction_every_gate_at_one(cls):
     for _ in range(3):  # at construction and after large optimiser steps
         for name in ("weight_hh_l0_reverse", "weight_hh_l1_reverse", "weight_hh_l0"):
             W = getattr(layer, name).detach().double()  # (G*8, 8)
-            s = torch.linalg.matrix_norm(W.reshape(layer.gates, 8, 8), ord=2)
+            s = torch.linalg.matrix_norm(W.reshape(layer.num_gates, 8, 8), ord=2)
             torch.testing.assert_close(s, torch.ones_like(s), atol=1e-5, rtol=0, msg=name)
         out, _ = layer(torch.randn(6, 2, 3))
         opt.zero_grad()

@@ -70,7 +70,8 @@ def _run(layer, names, kind, opt_cls, lr, steps, make_input, dtype=torch.float32
             layer(make_input(gen))
         for where, W in seen:
             assert W.dtype == dtype
-            _check(kind, W, layer.gates if hasattr(layer, "gates") else 1, f"step {step} {where}")
+            gates = layer.num_gates if hasattr(layer, "num_gates") else 1
+            _check(kind, W, gates, f"step {step} {where}")
         modes = {w for w, _ in seen}
         assert modes == {"train", "eval"}, modes  # both were seen at every step
         seen.clear()

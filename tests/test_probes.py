@@ -351,7 +351,7 @@ def test_weight_spectrum_matches_svdvals(cell: str) -> None:
     with torch.no_grad():
         layer.weight_hh_l1.mul_(3.0)
     spec = weight_spectrum(layer)
-    G = layer.gates
+    G = layer.num_gates
     assert spec["singular_values"].shape == (2, G, 6)
     for k in range(2):
         W = getattr(layer, f"weight_hh_l{k}").detach()

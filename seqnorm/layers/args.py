@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from ..constraints import check_constraint
 from .init import INITS
-from .steps import GATE_NAMES
+from .spec import spec_of
 
 #: Nonlinearities of the Elman layers and cells.
 NONLINEARITIES = ("tanh", "relu", "modrelu")
@@ -94,7 +94,7 @@ def mode_of(nonlinearity: str) -> str:
 
 def gate_indices(mode: str, constrained_gates: Sequence[str] | None) -> tuple[int, ...]:
     """Indices of the named gate blocks (``None``: all) of a layer of ``mode``."""
-    names = GATE_NAMES[mode]
+    names = spec_of(mode).gate_names
     if constrained_gates is None:
         return tuple(range(len(names)))
     if isinstance(constrained_gates, str) or not all(isinstance(g, str) for g in constrained_gates):
@@ -121,7 +121,7 @@ def check_recurrent_init(
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
     if chrono_init is None:
         return
-    if mode not in ("gru", "lstm"):
+    if not spec_of(mode).chrono:
         raise ValueError(f"chrono_init applies to GRU and LSTM gates only, not to mode {mode!r}")
     if not isinstance(chrono_init, int) or isinstance(chrono_init, bool) or chrono_init < 2:
         raise ValueError(f"chrono_init must be None or an int T_max >= 2, got {chrono_init!r}")

@@ -162,7 +162,7 @@ class RecurrentLayer(RecurrentModule):
         """``hx`` checked and batched ``(L*D, B, ·)``, or zeros."""
         LD, H, R = self.num_layers * self.num_directions, self.hidden_size, self.proj_size
         shapes = {"h_0": (LD, B, R or H), "c_0": (LD, B, H)}
-        lstm = self.mode == "lstm"
+        lstm = self.spec.cell_state
         if hx is None:
             zeros = {k: x.new_zeros(s) for k, s in shapes.items()}
             return (zeros["h_0"], zeros["c_0"]) if lstm else zeros["h_0"]
@@ -232,24 +232,25 @@ class RecurrentLayer(RecurrentModule):
             return out, state if unsorted_idx is None else _permute(state, unsorted_idx)
         if not batched:
             out = out.squeeze(1)  # (T, D*R)
-            state = tuple(s.squeeze(1) for s in state) if self.mode == "lstm" else state.squeeze(1)
+            state = tuple(s.squeeze(1) for s in state) if self.spec.cell_state else state.squeeze(1)
             return out, state
         return (out.transpose(0, 1) if self.batch_first else out), state
 
     def _run(self, x: Tensor, batch_sizes: Tensor | None, state: State) -> tuple[Tensor, State]:
         """``x``: ``(T, B, I)``, or packed data ``(N, I)`` with ``batch_sizes``."""
-        layout = paths.Layout(self.mode, self.num_layers, self.num_directions, self.bias,
+        spec = self.spec
+        layout = paths.Layout(spec, self.num_layers, self.num_directions, self.bias,
                               self.proj_size > 0, self.dropout, self.training)  # fmt: skip
-        modrelu = self.mode == "rnn_modrelu"
-        # modReLU's own kernel takes equal lengths only: packed modReLU input runs unrolled.
-        fused = not (self.unroll or self.is_recording or (modrelu and batch_sizes is not None))
+        # A mode torch has no kernel for runs the spec's own, which takes equal lengths only:
+        # packed input of such a mode runs unrolled.
+        own = spec.torch_kernel is None
+        fused = not (self.unroll or self.is_recording or (own and batch_sizes is not None))
         with parametrize.cached():  # constrained matrices computed once for this call
-            flat = self._flat_weights
-            if fused and not modrelu:
-                return paths.fused(layout, x, batch_sizes, state, flat)
-            units = paths.units(layout, flat, self._extras())
+            if fused and not own:
+                return paths.fused(layout, x, batch_sizes, state, self._flat_weights)
+            units = self.units()
             if fused:
-                return paths.fused_modrelu(layout, x, state, units)
+                return paths.fused_sequence(layout, x, state, units)
             if batch_sizes is None:  # a padded batch is packed data of equal batch sizes
                 T, B = x.shape[:2]
                 sizes, data = [B] * T, x.reshape(T * B, x.shape[-1])  # (T*B, I)
@@ -261,11 +262,6 @@ class RecurrentLayer(RecurrentModule):
         if batch_sizes is None:
             out = out.reshape(*x.shape[:2], out.shape[-1])  # (T, B, D*R)
         return out, state
-
-    def _extras(self) -> list[Tensor]:
-        if self.mode != "rnn_modrelu":
-            return []
-        return [getattr(self, f"modrelu_bias{suffix}") for suffix, _ in self._units()]
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"

@@ -9,7 +9,7 @@ from torch.nn import functional as F
 
 from .args import InputError, mode_of
 from .module import RecurrentModule
-from .steps import STEPS, State
+from .steps import State
 
 __all__ = ["RecurrentCell", "SpectralGRUCell", "SpectralLSTMCell", "SpectralRNNCell"]
 
@@ -63,7 +63,7 @@ class RecurrentCell(RecurrentModule):
                 raise InputError(f"{what} dtype ({t.dtype}) must match the input's ({x.dtype})")
             return t if batched else t.unsqueeze(0)
 
-        if self.mode == "lstm":
+        if self.spec.cell_state:
             if hx is not None and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
                 raise TypeError(
                     f"hx must be a tuple (h, c) for an LSTM cell, got {type(hx).__name__}"
@@ -85,12 +85,12 @@ class RecurrentCell(RecurrentModule):
             The next state, shaped like ``hx``.
         """
         x, state, batched = self._check(input, hx)
-        gi = F.linear(x, self.weight_ih, self.bias_ih)  # (B, G*H)
-        extra = (self.modrelu_bias,) if self.mode == "rnn_modrelu" else ()
-        out = STEPS[self.mode](gi, state, self.weight_hh, self.bias_hh, *extra)
+        (u,) = self.units()
+        gi = F.linear(x, u.w_ih, u.b_ih)  # (B, G*H)
+        out = self.spec.step(gi, state, u.w_hh, u.b_hh, *u.extras)
         if batched:
             return out
-        return tuple(o.squeeze(0) for o in out) if self.mode == "lstm" else out.squeeze(0)
+        return tuple(o.squeeze(0) for o in out) if self.spec.cell_state else out.squeeze(0)
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"

@@ -21,14 +21,12 @@ from numbers import Integral
 import torch
 from torch import Tensor
 
+from .spec import SPECS
+
 __all__ = ["INITS", "chrono_init_", "init_recurrent_"]
 
 #: The schemes :func:`init_recurrent_` knows.
 INITS = ("torch", "identity", "orthogonal", "henaff", "cayley")
-
-#: Gates of each mode that chrono initialisation sets, by their index in torch's gate order
-#: (LSTM: i, f, g, o; GRU: r, z, n).
-_CHRONO_GATES = {"lstm": 4, "gru": 3}
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator | None) -> Tensor:
@@ -173,13 +171,15 @@ def chrono_init_(
         ValueError: for a ``bias_ih`` of ``None`` (a ``bias=False`` layer), an unknown
             ``mode``, a ``t_max`` that is not an int >= 2, or biases of the wrong shape.
     """
-    if mode not in _CHRONO_GATES:
-        raise ValueError(f"mode must be one of {tuple(_CHRONO_GATES)}, got {mode!r}")
+    modes = tuple(m for m, spec in SPECS.items() if spec.chrono)  # those with gates to set
+    if mode not in modes:
+        raise ValueError(f"mode must be one of {modes}, got {mode!r}")
     if not isinstance(t_max, Integral) or isinstance(t_max, bool) or t_max < 2:
         raise ValueError(f"t_max must be an int >= 2, got {t_max!r}")
     if bias_ih is None:
         raise ValueError("chrono_init_ sets gate biases: bias_ih is None (a bias=False layer)")
-    G = _CHRONO_GATES[mode]
+    spec = SPECS[mode]
+    G = spec.num_gates
     if bias_ih.dim() != 1 or bias_ih.shape[0] % G:
         raise ValueError(
             f"bias_ih must have shape ({G} * H,) for mode {mode!r}, got {tuple(bias_ih.shape)}"
@@ -190,10 +190,10 @@ def chrono_init_(
         )
     H = bias_ih.shape[0] // G
     b = torch.log(_uniform(H, 1.0, float(t_max - 1), generator))  # (H,) in [0, log(t_max-1)]
-    targets = {1: b, 0: -b} if mode == "lstm" else {1: b}  # gate index -> value
     with torch.no_grad():
-        for gate, value in targets.items():
-            bias_ih[gate * H : (gate + 1) * H].copy_(value)
+        for name, sign in spec.chrono.items():  # e.g. LSTM: f -> +b, i -> -b
+            gate = spec.gate_names.index(name)
+            bias_ih[gate * H : (gate + 1) * H].copy_(sign * b)
             if bias_hh is not None:
                 bias_hh[gate * H : (gate + 1) * H].zero_()
     return bias_ih, bias_hh

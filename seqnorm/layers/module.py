@@ -8,6 +8,7 @@ unit with no suffix (``weight_ih``, ``weight_hh``, ...). Both are built here, th
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any, ClassVar, TypeVar
 
@@ -20,7 +21,8 @@ from .args import check_flag, check_recurrent_init, check_size, gate_indices
 from .convert import load_from_torch, torch_twin
 from .init import chrono_init_, init_recurrent_
 from .projection import constrain_projected
-from .steps import GATE_NAMES, GATES
+from .spec import CellSpec, spec_of
+from .steps import Unit
 
 __all__ = ["RecurrentModule"]
 
@@ -87,6 +89,7 @@ class RecurrentModule(nn.Module):
                 f"the gate blocks of weight_hh are {hidden_size} x {self.proj_size}: use "
                 f"init='torch'"
             )
+        spec_of(mode)  # an unknown mode fails here
         super().__init__()
         self.mode, self.input_size, self.hidden_size = mode, input_size, hidden_size
         self.bias = bias
@@ -96,11 +99,13 @@ class RecurrentModule(nn.Module):
         self._make_parameters(torch.empty(0, device=device, dtype=dtype))
         if hidden_size == 0:  # a cell with no units: nothing to initialise or constrain
             return
-        G = self.gates
+        G = self.num_gates
+        like = torch.empty(0, device=device, dtype=dtype)
         for suffix, _ in self._units():
-            if mode == "rnn_modrelu":  # modReLU's bias, one per unit: U(-0.01, 0.01)
-                b = torch.empty(hidden_size, device=device, dtype=dtype).uniform_(-0.01, 0.01)
-                self.register_parameter(f"modrelu_bias{suffix}", nn.Parameter(b))
+            for extra in self.spec.extras:  # parameters seqnorm adds to torch's (modReLU's bias)
+                if extra.init is not None:
+                    p = nn.Parameter(extra.init(hidden_size, like))
+                    self.register_parameter(extra.name + suffix, p)
             if init != "torch":  # torch's draw is already there
                 init_recurrent_(getattr(self, f"weight_hh{suffix}"), init, blocks=G)
             if chrono_init is not None:
@@ -119,7 +124,7 @@ class RecurrentModule(nn.Module):
 
     def _make_parameters(self, like: Tensor) -> None:
         H, P = self.hidden_size, self.proj_size
-        GH = self.gates * H  # rows: the gate blocks stacked
+        GH = self.num_gates * H  # rows: the gate blocks stacked
         self._all_weights: list[list[str]] = []
         for suffix, in_size in self._units():
             shapes = {"weight_ih": (GH, in_size), "weight_hh": (GH, P or H)}
@@ -140,14 +145,31 @@ class RecurrentModule(nn.Module):
                 p.uniform_(-stdv, stdv)
 
     @property
-    def gates(self) -> int:
+    def spec(self) -> CellSpec:
+        """What this module's cell type is (:data:`seqnorm.layers.spec.SPECS`)."""
+        return spec_of(self.mode)
+
+    @property
+    def num_gates(self) -> int:
         """Number of gate blocks stacked in each ``weight_hh`` (1, 3 or 4)."""
-        return GATES[self.mode]
+        return self.spec.num_gates
+
+    @property
+    def gates(self) -> int:
+        """Deprecated: the number of gate blocks, now :attr:`num_gates` (``gates`` in
+        :func:`~seqnorm.constrain` is a tuple of gate indices, not a count)."""
+        warnings.warn(
+            f"{type(self).__name__}.gates is deprecated (it is a count, while constrain()'s "
+            f"gates= are indices): use .num_gates",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return self.num_gates
 
     @property
     def gate_names(self) -> tuple[str, ...]:
         """Names of the gate blocks of ``weight_hh`` in torch's order (``("r", "z", "n")``)."""
-        return GATE_NAMES[self.mode]
+        return self.spec.gate_names
 
     def recurrent_maps(self) -> Tensor:
         """The recurrent matrix of every gate of every unit, ``(units, gates, H, H)``: the
@@ -156,9 +178,26 @@ class RecurrentModule(nn.Module):
         maps = []
         for suffix, _ in self._units():
             W = getattr(self, f"weight_hh{suffix}")  # (G*H, R)
-            Wb = as_blocks(W, self.gates)  # (G, H, R)
+            Wb = as_blocks(W, self.num_gates)  # (G, H, R)
             maps.append(Wb @ getattr(self, f"weight_hr{suffix}") if self.proj_size else Wb)
         return torch.stack(maps)  # (units, G, H, H)
+
+    def units(self) -> list[Unit]:
+        """The weights of every unit in ``h_n``'s order, as the steps read them: ``weight_hh``
+        constrained (read it inside ``seqnorm.cached()`` to compute the constraint once), and
+        the extra tensors of the cell's spec that the unit has (``weight_hr``, modReLU's bias)."""
+        out = []
+        for suffix, _ in self._units():
+            w_ih, w_hh = getattr(self, f"weight_ih{suffix}"), getattr(self, f"weight_hh{suffix}")
+            b_ih, b_hh = (getattr(self, f"bias_ih{suffix}"), getattr(self, f"bias_hh{suffix}")
+                          ) if self.bias else (None, None)  # fmt: skip
+            extras = tuple(
+                getattr(self, e.name + suffix)
+                for e in self.spec.extras
+                if e.when is None or getattr(self, e.when)
+            )
+            out.append(Unit(w_ih, w_hh, b_ih, b_hh, extras))
+        return out
 
     @property
     def _flat_weights(self) -> list[Tensor]:

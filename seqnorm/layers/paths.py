@@ -23,44 +23,22 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from .modrelu import modrelu_rnn
-from .steps import FUSED, STEPS, State
+from .spec import CellSpec
+from .steps import State, Unit
 
-__all__ = ["Layout", "fused", "fused_modrelu", "unrolled"]
+__all__ = ["Layout", "fused", "fused_sequence", "unrolled"]
 
 
 class Layout(NamedTuple):
     """What the paths need to know of a layer."""
 
-    mode: str
+    spec: CellSpec
     num_layers: int
     directions: int
     bias: bool
     proj: bool
     dropout: float
     training: bool
-
-
-class Unit(NamedTuple):
-    """The weights of one (layer, direction) unit; ``extra`` is ``W_hr`` or modReLU's bias."""
-
-    w_ih: Tensor
-    w_hh: Tensor
-    b_ih: Tensor | None
-    b_hh: Tensor | None
-    extra: Tensor | None
-
-
-def units(layout: Layout, flat: Sequence[Tensor], extras: Sequence[Tensor]) -> list[Unit]:
-    """Group the flat weights per unit; ``extras``: modReLU's biases per unit (or none)."""
-    per = 2 + 2 * layout.bias + layout.proj
-    out = []
-    for u in range(layout.num_layers * layout.directions):
-        w = flat[u * per : (u + 1) * per]
-        b_ih, b_hh = (w[2], w[3]) if layout.bias else (None, None)
-        extra = w[-1] if layout.proj else (extras[u] if extras else None)
-        out.append(Unit(w[0], w[1], b_ih, b_hh, extra))
-    return out
 
 
 def _eager_when_compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -88,32 +66,34 @@ def fused(
     """torch's own kernel: ``x`` ``(T, B, I)``, or packed data ``(N, I)`` with ``batch_sizes``."""
     args = (flat, layout.bias, layout.num_layers, layout.dropout, layout.training)
     bidirectional = layout.directions == 2
-    kernel = FUSED[layout.mode]
+    kernel = layout.spec.torch_kernel
     if batch_sizes is None:
         res = kernel(x, hx, *args, bidirectional, False)  # time-major: batch_first=False
     else:
         res = kernel(x, batch_sizes, hx, *args, bidirectional)
-    if layout.mode == "lstm":
+    if layout.spec.cell_state:
         return res[0], (res[1], res[2])
     return res[0], res[1]
 
 
 @_eager_when_compiled
-def fused_modrelu(
+def fused_sequence(
     layout: Layout, x: Tensor, hx: Tensor, weights: list[Unit]
 ) -> tuple[Tensor, Tensor]:
-    """modReLU has no torch kernel: one whole-sequence autograd Function per unit.
+    """A mode torch has no kernel for (modReLU): the spec's own whole-sequence kernel, one
+    call per unit over equal-length sequences.
 
     ``x``: ``(T, B, I)``; returns ``(T, B, D*H)`` and ``h_n`` ``(L*D, B, H)``.
     """
+    kernel = layout.spec.sequence_kernel
     layer_in, finals = x, []  # (T, B, I)
     for k in range(layout.num_layers):
         outs = []
         for d in range(layout.directions):
             u = weights[k * layout.directions + d]
             gi = F.linear(layer_in, u.w_ih, u.b_ih)  # (T, B, H): one matmul for all t
-            out = modrelu_rnn(gi.flip(0) if d else gi, hx[k * layout.directions + d],
-                              u.w_hh, u.b_hh, u.extra)  # fmt: skip
+            out = kernel(gi.flip(0) if d else gi, hx[k * layout.directions + d], u.w_hh, u.b_hh,
+                         *u.extras)  # fmt: skip
             finals.append(out[-1])  # (B, H): the reverse direction ends at t = 0
             outs.append(out.flip(0) if d else out)
         layer_in = torch.cat(outs, dim=-1)  # (T, B, D*H)
@@ -167,11 +147,8 @@ def _direction(
     return hs, s
 
 
-def _stepper(mode: str, u: Unit) -> Callable[[Tensor, State], State]:
-    step = STEPS[mode]
-    if u.extra is None:
-        return lambda gi, s: step(gi, s, u.w_hh, u.b_hh)
-    return lambda gi, s: step(gi, s, u.w_hh, u.b_hh, u.extra)
+def _stepper(spec: CellSpec, u: Unit) -> Callable[[Tensor, State], State]:
+    return lambda gi, s: spec.step(gi, s, u.w_hh, u.b_hh, *u.extras)
 
 
 def unrolled(
@@ -183,7 +160,7 @@ def unrolled(
     ``(L*D, B, ·)``, and per unit (``h_n``'s order) the hidden states ``h[0..T-1]`` in time
     order, ``(sizes[t], R)`` each.
     """
-    lstm = layout.mode == "lstm"
+    lstm = layout.spec.cell_state
     layer_in, rows, finals = data, [], []  # (N, I)
     for k in range(layout.num_layers):
         outs = []
@@ -192,7 +169,7 @@ def unrolled(
             u = weights[j]
             gi = F.linear(layer_in, u.w_ih, u.b_ih).split(sizes)  # T x (sizes[t], G*H)
             s0: State = (hx[0][j], hx[1][j]) if lstm else hx[j]
-            hs, final = _direction(_stepper(layout.mode, u), gi, s0, sizes, reverse=d == 1)
+            hs, final = _direction(_stepper(layout.spec, u), gi, s0, sizes, reverse=d == 1)
             rows.append(hs)
             finals.append(final)
             outs.append(torch.cat(hs, dim=0))  # (N, R)

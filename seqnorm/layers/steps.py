@@ -1,46 +1,49 @@
-"""The step equations of the recurrent cells, and torch's fused kernels for the same modes.
+"""The step equations of the recurrent cells, in plain autograd ops.
 
-Each step takes the precomputed input projection ``gi = x_t @ W_ih^T + b_ih`` ``(B, G*H)``
-and the state, and returns the next state.
+Each step takes the precomputed input projection ``gi = x_t @ W_ih^T + b_ih`` ``(B, G*H)``,
+the state, ``W_hh``, ``b_hh`` and the cell's extra tensors (:attr:`CellSpec.extras
+<seqnorm.layers.spec.CellSpec.extras>`), and returns the next state. They compute what
+torch's kernels compute; :data:`seqnorm.layers.spec.SPECS` says which step is whose. modReLU's
+step lives with the nonlinearity in :mod:`seqnorm.layers.modrelu`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import NamedTuple
 
 import torch
-from torch import _VF, Tensor
+from torch import Tensor
 from torch.nn import functional as F
 
-from .modrelu import modrelu_step
+__all__ = ["State", "Unit", "gru_step", "lstm_step", "rnn_relu_step", "rnn_tanh_step"]
 
-__all__ = ["FUSED", "GATES", "GATE_NAMES", "STEPS", "State"]
-
+#: A cell's state: ``h`` ``(B, R)``, or ``(h, c)`` for an LSTM.
 State = Tensor | tuple[Tensor, Tensor]
 
-#: Gate blocks stacked in the recurrent matrix of each mode.
-GATES = {"rnn_tanh": 1, "rnn_relu": 1, "rnn_modrelu": 1, "gru": 3, "lstm": 4}
-#: Names of the gate blocks, in torch's stacking order.
-GATE_NAMES = {
-    "rnn_tanh": ("h",),
-    "rnn_relu": ("h",),
-    "rnn_modrelu": ("h",),
-    "gru": ("r", "z", "n"),
-    "lstm": ("i", "f", "g", "o"),
-}
-# Each takes the precomputed input projection gi = x_t @ W_ih^T + b_ih (B, G*H) and the state.
+
+class Unit(NamedTuple):
+    """The weights a step reads, of one (layer, direction) unit or of a cell (``weight_hh``
+    constrained); ``extras`` are the tensors the cell's spec lists, those the unit has."""
+
+    w_ih: Tensor
+    w_hh: Tensor
+    b_ih: Tensor | None
+    b_hh: Tensor | None
+    extras: tuple[Tensor, ...] = ()
 
 
-def _rnn_tanh_step(gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None) -> Tensor:
+def rnn_tanh_step(gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None) -> Tensor:
+    """Elman step, ``tanh(gi + h @ W_hh^T + b_hh)``."""
     return torch.tanh(gi + F.linear(h, w_hh, b_hh))  # (B, H)
 
 
-def _rnn_relu_step(gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None) -> Tensor:
+def rnn_relu_step(gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None) -> Tensor:
+    """Elman step, ``relu(gi + h @ W_hh^T + b_hh)``."""
     return torch.relu(gi + F.linear(h, w_hh, b_hh))  # (B, H)
 
 
-def _gru_step(gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None) -> Tensor:
+def gru_step(gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None) -> Tensor:
+    """GRU step, torch's equations (``b_hn`` inside ``r * (W_hn h + b_hn)``)."""
     gh = F.linear(h, w_hh, b_hh)  # (B, 3H)
     i_r, i_z, i_n = gi.chunk(3, dim=-1)
     h_r, h_z, h_n = gh.chunk(3, dim=-1)
@@ -50,13 +53,14 @@ def _gru_step(gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None) -> Tenso
     return n + z * (h - n)  # (B, H) == (1 - z) * n + z * h
 
 
-def _lstm_step(
+def lstm_step(
     gi: Tensor,
     state: tuple[Tensor, Tensor],
     w_hh: Tensor,
     b_hh: Tensor | None,
     w_hr: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
+    """LSTM step; with ``w_hr`` (``proj_size > 0``) the new ``h`` is projected."""
     h, c = state  # (B, R), (B, H); R = proj_size or H
     gates = gi + F.linear(h, w_hh, b_hh)  # (B, 4H)
     i, f, g, o = gates.chunk(4, dim=-1)
@@ -65,14 +69,3 @@ def _lstm_step(
     if w_hr is not None:  # LSTM with projections (proj_size > 0)
         h = F.linear(h, w_hr)  # (B, P)
     return h, c
-
-
-STEPS: dict[str, Callable[..., Any]] = {
-    "rnn_tanh": _rnn_tanh_step,
-    "rnn_relu": _rnn_relu_step,
-    "gru": _gru_step,
-    "lstm": _lstm_step,  # takes the projection W_hr (or None) as a fifth argument
-    "rnn_modrelu": modrelu_step,  # takes the modReLU bias as a fifth argument
-}
-
-FUSED = {"rnn_tanh": _VF.rnn_tanh, "rnn_relu": _VF.rnn_relu, "gru": _VF.gru, "lstm": _VF.lstm}
