@@ -33,11 +33,11 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from ..constraints import CONV_TYPES
+from ..constraints import CONV_TYPES, spatial_dims
 from ..constraints.conv_geometry import spatial_shape
 from ..linalg import compute_dtype
 from .common import preserved_buffers
-from .layer_lipschitz import BOUNDED_LAYERS, REFUSED_LAYERS, layer_lipschitz, spatial_dims
+from .layer_lipschitz import BOUNDED_LAYERS, REFUSED_LAYERS, layer_lipschitz
 
 __all__ = ["lipschitz_bound", "lipschitz_factors", "local_lipschitz"]
 
