@@ -12,6 +12,7 @@ from torch import Tensor
 
 __all__ = [
     "as_blocks",
+    "check_int",
     "power_iteration",
     "spectral_norm",
     "stable_rank",
@@ -25,6 +26,53 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     if dtype in (torch.float64, torch.complex128):
         return dtype
     return torch.float32
+
+
+def check_int(
+    name: str,
+    value: object,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    *,
+    expected: str | None = None,
+    type_error: type[Exception] = ValueError,
+    value_error: type[Exception] = ValueError,
+) -> int:
+    """``value`` if it is an ``int`` (not a ``bool``) in ``[minimum, maximum)``, else an error.
+
+    The one integer check of seqnorm. Each public API keeps the exception types it has
+    always raised: ``type_error`` for a non-int, ``value_error`` for one out of range.
+
+    Args:
+        name: the argument's name, for the message.
+        value: what was given.
+        minimum: smallest allowed value (``None``: no lower bound).
+        maximum: one past the largest allowed value (``None``: no upper bound).
+        expected: what the message says was expected (default: from the bounds).
+        type_error: raised when ``value`` is not an int.
+        value_error: raised when it is out of range.
+
+    >>> check_int("blocks", 3, minimum=1)
+    3
+    >>> check_int("blocks", 0, minimum=1)
+    Traceback (most recent call last):
+    ...
+    ValueError: blocks must be an int >= 1, got 0
+    """
+    if minimum is not None and maximum is not None:
+        what = f"an int in [{minimum}, {maximum})"
+    elif minimum is not None:
+        what = f"an int >= {minimum}"
+    elif maximum is not None:
+        what = f"an int < {maximum}"
+    else:
+        what = "an int"
+    what = expected or what
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise type_error(f"{name} must be {what}, got {value!r}")
+    if (minimum is not None and value < minimum) or (maximum is not None and value >= maximum):
+        raise value_error(f"{name} must be {what}, got {value!r}")
+    return value
 
 
 def as_blocks(W: Tensor, blocks: int = 1) -> Tensor:
@@ -42,8 +90,7 @@ def as_blocks(W: Tensor, blocks: int = 1) -> Tensor:
     """
     if W.dim() != 2:
         raise ValueError(f"W must be a 2-D matrix, got shape {tuple(W.shape)}")
-    if not isinstance(blocks, int) or blocks < 1:
-        raise ValueError(f"blocks must be a positive int, got {blocks!r}")
+    check_int("blocks", blocks, minimum=1, expected="a positive int")
     if W.shape[0] % blocks:
         raise ValueError(
             f"blocks={blocks} must divide the number of rows of W, got shape {tuple(W.shape)}"

@@ -9,19 +9,20 @@ from __future__ import annotations
 from typing import Any
 
 from torch import nn
-from torch.nn.utils import parametrize
 
-from .constraints import GateSubset
+from .constraints import constrained_tensors
 
 __all__ = ["constrained_parameters", "param_groups"]
 
 
 def constrained_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The parameters behind every constrained recurrent matrix (``weight_hh*``) of ``model``.
+    """The parameters behind every constrained tensor of ``model``.
 
-    That is, for each parametrized ``weight_hh``: its stored originals (``original`` or
-    ``original0..n``; with ``constrained_gates`` the free gate blocks' tensor is left out)
-    and the constraint's own parameters (``scaled``'s ``gamma_raw``). Module order, no repeats.
+    Asked of each parametrization (:func:`seqnorm.constraints.constrained_tensors`): the
+    stored tensors (``original`` or ``original0..n``) except those a constraint leaves free
+    (with ``constrained_gates``, the free gate blocks' tensor), and the constraint's own
+    parameters (``scaled``'s ``gamma_raw``). Whatever the tensor's name. Module order, no
+    repeats.
 
     Args:
         model: any module.
@@ -30,16 +31,8 @@ def constrained_parameters(model: nn.Module) -> list[nn.Parameter]:
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     found: dict[int, nn.Parameter] = {}
     for module in model.modules():
-        if not parametrize.is_parametrized(module):
-            continue
-        for name, plist in module.parametrizations.items():
-            if not name.startswith("weight_hh"):
-                continue
-            skip_free = isinstance(plist[0], GateSubset)
-            for pname, p in plist.named_parameters():
-                if skip_free and pname == "original0":
-                    continue
-                found.setdefault(id(p), p)
+        for p in constrained_tensors(module):
+            found.setdefault(id(p), p)
     return list(found.values())
 
 
@@ -49,7 +42,7 @@ def param_groups(
     constrained_lr: float | None = None,
     **optimizer_defaults: Any,
 ) -> list[dict[str, Any]]:
-    """Parameter groups with every constrained recurrent parameter in a group of its own.
+    """Parameter groups with every constrained parameter in a group of its own.
 
     Args:
         model: the model to optimise.

@@ -46,7 +46,7 @@ def test_constraint_changes_the_weight_the_layer_uses():
 
 def test_scaled_gamma_is_learnable_and_clamped():
     lin = constrain(
-        nn.Linear(4, 8, bias=False), kind="scaled", blocks=2, gamma_min=0.8, gamma_max=1.1
+        nn.Linear(4, 8, bias=False), constraint="scaled", blocks=2, gamma_min=0.8, gamma_max=1.1
     )
     p = lin.parametrizations.weight[0]
     assert torch.allclose(p.gamma, torch.ones(2))
@@ -61,7 +61,7 @@ def test_bound_leaves_small_matrices_alone():
     with torch.no_grad():
         lin.weight.copy_(0.3 * torch.linalg.qr(torch.randn(5, 5))[0])
     before = lin.weight.detach().clone()
-    constrain(lin, kind="bound", gamma=1.0)
+    constrain(lin, constraint="bound", gamma=1.0)
     assert torch.allclose(lin.weight, before, atol=1e-6)
 
 
@@ -70,7 +70,7 @@ def test_spectral_equals_exact_normalisation_at_registration():
     lin = nn.Linear(4, 12, bias=False).double()
     with torch.no_grad():
         lin.weight.copy_(W)
-    constrain(lin, kind="spectral", blocks=3)
+    constrain(lin, constraint="spectral", blocks=3)
     lin.eval()
     expected = (W.reshape(3, 4, 4) / spectral_norm(W, 3)[:, None, None]).reshape(12, 4)
     assert torch.allclose(lin.weight, expected, atol=1e-8)
@@ -104,7 +104,7 @@ def test_zero_matrix_is_safe(dtype):
         lin = nn.Linear(3, 6, bias=False).to(dtype)
         with torch.no_grad():
             lin.weight.zero_()
-        constrain(lin, kind=kind, blocks=2)
+        constrain(lin, constraint=kind, blocks=2)
         W = lin.weight
         assert torch.isfinite(W).all() and torch.equal(W, torch.zeros_like(W))
         W.sum().backward()
@@ -156,15 +156,15 @@ def test_satisfies_detects_violations():
 )
 def test_bad_options(kind, options, match):
     with pytest.raises(ValueError, match=match):
-        constrain(nn.Linear(4, 4), kind=kind, **options)
+        constrain(nn.Linear(4, 4), constraint=kind, **options)
 
 
 def test_bad_blocks():
     with pytest.raises(ValueError, match="blocks=3 must divide the 8 rows"):
-        constrain(nn.Linear(4, 8), kind="spectral", blocks=3)
+        constrain(nn.Linear(4, 8), constraint="spectral", blocks=3)
     with pytest.raises(ValueError, match="square gate block"):
-        constrain(nn.Linear(4, 6), kind="spectral", blocks=2)
+        constrain(nn.Linear(4, 6), constraint="spectral", blocks=2)
     with pytest.raises(ValueError, match="blocks must be a positive int"):
-        constrain(nn.Linear(4, 4), kind="spectral", blocks=0)
+        constrain(nn.Linear(4, 4), constraint="spectral", blocks=0)
     with pytest.raises(ValueError, match="no tensor named 'bogus'"):
         constrain(nn.Linear(4, 4), name="bogus")

@@ -352,7 +352,7 @@ def test_semi_orthogonal_keeps_the_nearest_weight_at_registration():
 
 def test_recurrent_blocks_still_need_square_blocks():
     with pytest.raises(ValueError, match="square gate block"):
-        constrain(nn.Linear(4, 6), kind="spectral", blocks=2)
+        constrain(nn.Linear(4, 6), constraint="spectral", blocks=2)
 
 
 @pytest.mark.parametrize(

@@ -393,3 +393,23 @@ def test_weight_spectrum_keeps_power_iteration_state() -> None:
     before = {k: v.clone() for k, v in layer.state_dict().items()}
     weight_spectrum(layer)
     assert all(torch.equal(v, before[k]) for k, v in layer.state_dict().items())
+
+
+@pytest.mark.parametrize("kind", ["bound", "orthogonal"])
+def test_block_sigma_max_is_exact_differentiable_and_side_effect_free(kind):
+    from seqnorm.probes import block_sigma_max
+
+    options = {"estimator": "power", "gamma": 0.8} if kind == "bound" else {"rebase_every": 1}
+    layer = SpectralGRU(3, 5, num_layers=2, bidirectional=True, constraint=kind,
+                        constraint_options=options)  # fmt: skip
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    got = block_sigma_max(layer)  # (units, gates)
+    assert layer.training and all(m.training for m in layer.modules())
+    for k, v in layer.state_dict().items():  # no power step, no re-base count
+        assert torch.equal(v, before[k]), k
+    with torch.no_grad():  # no training bookkeeping (a re-base would void got's graph)
+        maps = layer.recurrent_maps().double()
+    torch.testing.assert_close(got.double(), torch.linalg.svdvals(maps)[..., 0], atol=1e-5, rtol=0)
+    assert got.shape == (4, 3)
+    got.sum().backward()
+    assert all(p.grad is not None for n, p in layer.named_parameters() if "weight_hh" in n)

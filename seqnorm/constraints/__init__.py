@@ -8,7 +8,7 @@ Apply one by name with :func:`constrain`; read ``module.weight`` to get the cons
 matrix. Inside ``with seqnorm.cached():`` the constrained matrix is computed once and reused,
 which is what a per-time-step loop over a cell should do.
 
-| kind | per gate block |
+| constraint | per gate block |
 |---|---|
 | ``none`` | nothing |
 | ``spectral`` | ``W / sigma(W)``: largest singular value 1 |
@@ -18,7 +18,12 @@ which is what a per-time-step loop over a cell should do.
 | ``orthogonal`` | ``base @ map(A - A^T)``, map exp or Cayley: all singular values 1 |
 
 ``sigma`` is exact at every call by default (``estimator="exact"``), so the caps hold at
-every forward, in training and in eval.
+every forward, in training and in eval. ``spectral``, ``scaled`` and ``bound`` are one
+:class:`Cap` each (:class:`SpectralCap`, :class:`ScaledCap`, :class:`BoundCap`) over a ``sigma``
+source: :class:`SigmaNorm` for matrices, :class:`ConvNorm` for convolutions. Every
+constraint is a :class:`Constraint`: ``holds(W)`` checks a matrix against its own options,
+``right_inverse`` makes ``setattr(module, name, W)`` load a plain weight, and
+:func:`constrained_tensors` asks the parametrizations which tensors they own.
 
 Beyond recurrent matrices, :func:`constrain` takes any ``nn.Linear`` (square or not:
 ``spectral``, ``scaled``, ``bound``; ``orthogonal`` gives orthonormal rows or columns,
@@ -27,25 +32,27 @@ cap the convolution's operator norm (:class:`ConvSpectral`, :func:`conv_operator
 """
 
 from .band import Band
-from .bound import Bound
+from .bound import Bound, BoundCap
+from .cap import Cap, Constraint, options_of
 from .conv import CONV_CONSTRAINTS, ConvBound, ConvNorm, ConvScaled, ConvSpectral
-from .conv_geometry import CONV_TYPES, ConvGeometry
+from .conv_geometry import CONV_TYPES, ConvGeometry, spatial_dims
 from .conv_norm import conv_operator_norm, reshaped_kernel_norm
 from .conv_power import conv_power_norm
 from .gates import GateSubset
 from .norm import ESTIMATORS, SigmaNorm
-from .orthogonal import MAPS, Orthogonal
+from .orthogonal import MAPS, Orthogonal, expm_skew
 from .registry import (
     CONSTRAINTS,
     check_constraint,
     constrain,
+    constrained_tensors,
     constraint_options,
     is_constrained,
     satisfies,
 )
-from .scaled import Scaled
+from .scaled import Scaled, ScaledCap
 from .semiorthogonal import SemiOrthogonal
-from .spectral import Spectral
+from .spectral import Spectral, SpectralCap
 
 __all__ = [
     "CONSTRAINTS",
@@ -55,6 +62,9 @@ __all__ = [
     "MAPS",
     "Band",
     "Bound",
+    "BoundCap",
+    "Cap",
+    "Constraint",
     "ConvBound",
     "ConvGeometry",
     "ConvNorm",
@@ -63,15 +73,21 @@ __all__ = [
     "GateSubset",
     "Orthogonal",
     "Scaled",
+    "ScaledCap",
     "SemiOrthogonal",
     "SigmaNorm",
     "Spectral",
+    "SpectralCap",
     "check_constraint",
     "constrain",
+    "constrained_tensors",
     "constraint_options",
     "conv_operator_norm",
     "conv_power_norm",
+    "expm_skew",
     "is_constrained",
+    "options_of",
     "reshaped_kernel_norm",
     "satisfies",
+    "spatial_dims",
 ]

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ..linalg import as_blocks
+from ..linalg import as_blocks, compute_dtype
+from .cap import Constraint
 from .orthogonal import polar, skew
 
 __all__ = ["Band"]
 
 
-class Band(nn.Module):
+class Band(Constraint):
     """Singular values in ``[1 - r, 1 + r]``: ``W = U diag(s) V^T`` per gate block.
 
     ``U = base_u @ expm(skew(A_u))`` and ``V = base_v @ expm(skew(A_v))`` are orthogonal by
@@ -24,7 +25,7 @@ class Band(nn.Module):
         r: half-width of the band, in ``(0, 1)``.
     """
 
-    def __init__(self, shape: torch.Size, blocks: int, r: float = 0.1) -> None:
+    def __init__(self, shape: torch.Size, blocks: int, *, r: float = 0.1) -> None:
         super().__init__()
         rows, cols = shape
         if rows // blocks != cols:
@@ -47,15 +48,16 @@ class Band(nn.Module):
 
     @torch.no_grad()
     def right_inverse(self, W: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``U, V`` of ``W``'s SVD into the bases, its singular values clamped into the band."""
         U, S, V = polar(as_blocks(W, self.blocks))
         self.base_u, self.base_v = U, V
         frac = ((S - 1) / self.r).clamp(-0.999, 0.999)
         return torch.zeros_like(U), torch.zeros_like(V), torch.atanh(frac)
 
-    @staticmethod
-    def holds(s: Tensor, tol: float, r: float = 0.1) -> bool:
-        """Whether singular values ``s`` (``(k, n)``, descending) lie in ``[1 - r, 1 + r]``."""
-        return bool(((s[:, -1] >= 1 - r - tol) & (s[:, 0] <= 1 + r + tol)).all())
+    def holds(self, W: Tensor, tol: float = 1e-3) -> bool:
+        """Whether every singular value of every block of ``W`` lies in ``[1 - r, 1 + r]``."""
+        s = torch.linalg.svdvals(as_blocks(W.detach(), self.blocks).to(compute_dtype(W.dtype)))
+        return bool(((s[:, -1] >= 1 - self.r - tol) & (s[:, 0] <= 1 + self.r + tol)).all())
 
     def extra_repr(self) -> str:
         return f"blocks={self.blocks}, r={self.r}"

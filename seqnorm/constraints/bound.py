@@ -1,18 +1,40 @@
-"""``bound``: ``W / max(1, sigma(W) / gamma)`` per gate block, rescales only above the cap."""
+"""``bound``: ``W / max(1, sigma(W) / gamma)``, rescales only above the cap."""
 
 from __future__ import annotations
 
-import torch
+from typing import Any
+
 from torch import Tensor
 
-from ..linalg import as_blocks
+from .cap import Cap
 from .norm import SigmaNorm
 from .scale import check_gamma
 
-__all__ = ["Bound"]
+__all__ = ["Bound", "BoundCap"]
 
 
-class Bound(SigmaNorm):
+class BoundCap(Cap):
+    """The formula of ``bound``: ``factor = 1 / max(1, sigma / gamma)``, so sigma <= gamma.
+
+    Args:
+        gamma: the cap (keyword); the other arguments go to the sigma source.
+    """
+
+    def __init__(self, *args: Any, gamma: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gamma = check_gamma(gamma)
+
+    def factor(self, sigma: Tensor) -> Tensor:
+        return 1 / (sigma / self.gamma).clamp_min(1.0)
+
+    def within(self, sigma: Tensor, tol: float) -> bool:
+        return bool((sigma <= self.gamma + tol).all())
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", gamma={self.gamma}"
+
+
+class Bound(BoundCap, SigmaNorm):
     """``W / max(1, sigma(W) / gamma)`` per gate block: shrinks only when ``sigma > gamma``.
 
     Args:
@@ -23,28 +45,3 @@ class Bound(SigmaNorm):
         n_power_iterations: steps per training forward with ``estimator="power"``.
         eps: floor on sigma.
     """
-
-    def __init__(
-        self,
-        shape: torch.Size,
-        blocks: int,
-        gamma: float = 1.0,
-        estimator: str = "exact",
-        n_power_iterations: int = 1,
-        eps: float = 1e-12,
-    ) -> None:
-        super().__init__(shape, blocks, estimator, n_power_iterations, eps)
-        self.gamma = check_gamma(gamma)
-
-    def forward(self, W: Tensor) -> Tensor:
-        Wb = as_blocks(W, self.blocks)
-        div = (self.sigma(W) / self.gamma).clamp_min(1.0)  # (k,)
-        return (Wb / div[:, None, None]).reshape_as(W)
-
-    @staticmethod
-    def holds(s: Tensor, tol: float, gamma: float = 1.0) -> bool:
-        """Whether singular values ``s`` (``(k, n)``, descending) satisfy the constraint."""
-        return bool((s[:, 0] <= gamma + tol).all())
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", gamma={self.gamma}"

@@ -20,7 +20,6 @@ small complex matrix product each.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,9 +27,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from .bound import BoundCap
+from .cap import Cap, check_options, options_of
 from .conv_geometry import ConvGeometry, spatial_shape
 from .conv_norm import conv_operator_norm, reshaped_kernel_norm, symbol_peak
-from .scale import bounded_scale, check_gamma, check_gamma_range, initial_scale_raw
+from .scaled import ScaledCap
+from .spectral import SpectralCap
 
 __all__ = [
     "CONV_CONSTRAINTS",
@@ -47,8 +49,9 @@ __all__ = [
 CONV_NORMS = ("operator", "reshaped")
 
 
-class ConvNorm(nn.Module):
-    """Shared machinery of the convolution constraints: ``sigma`` of the whole kernel.
+class ConvNorm(Cap):
+    """The convolution source of the caps ``spectral``, ``scaled`` and ``bound``: ``sigma`` of
+    the whole kernel. The stored tensor is the raw kernel.
 
     Args:
         geometry: the convolution's geometry (:meth:`ConvGeometry.of`).
@@ -65,6 +68,7 @@ class ConvNorm(nn.Module):
     def __init__(
         self,
         geometry: ConvGeometry,
+        *,
         norm: str = "operator",
         input_shape: Sequence[int] | None = None,
         slack: float = 0.01,
@@ -130,6 +134,20 @@ class ConvNorm(nn.Module):
         s = conv_operator_norm(W, self.geometry, self.input_shape, self.slack, peak=self._peak)
         return s.clamp_min(self.eps)
 
+    def sigma_shape(self) -> tuple[int, ...]:
+        """One sigma for the whole kernel."""
+        return ()
+
+    def scale(self, W: Tensor, factor: Tensor) -> Tensor:
+        return W * factor.to(W.dtype)
+
+    @torch.no_grad()
+    def measure(self, W: Tensor) -> Tensor:
+        """The certified bound on the operator norm (``norm="reshaped"``: the reshaped norm)."""
+        if self.norm == "reshaped":
+            return reshaped_kernel_norm(W)
+        return conv_operator_norm(W, self.geometry, self.input_shape, self.slack)
+
     def extra_repr(self) -> str:
         g = self.geometry
         s = f"norm={self.norm!r}, stride={g.stride}, padding={g.padding}, dilation={g.dilation}"
@@ -139,17 +157,14 @@ class ConvNorm(nn.Module):
         return s
 
 
-class ConvSpectral(ConvNorm):
+class ConvSpectral(SpectralCap, ConvNorm):
     """``W / sigma(W)``: the convolution's operator norm is at most 1 (and close to it).
 
     Args: as :class:`ConvNorm`.
     """
 
-    def forward(self, W: Tensor) -> Tensor:
-        return W / self.sigma(W)
 
-
-class ConvBound(ConvNorm):
+class ConvBound(BoundCap, ConvNorm):
     """``W / max(1, sigma(W) / gamma)``: shrinks only when the bound exceeds ``gamma``.
 
     Args:
@@ -158,30 +173,9 @@ class ConvBound(ConvNorm):
         norm, input_shape, slack, eps: as :class:`ConvNorm`.
     """
 
-    def __init__(
-        self,
-        geometry: ConvGeometry,
-        gamma: float = 1.0,
-        norm: str = "operator",
-        input_shape: Sequence[int] | None = None,
-        slack: float = 0.01,
-        eps: float = 1e-12,
-    ) -> None:
-        super().__init__(geometry, norm, input_shape, slack, eps)
-        self.gamma = check_gamma(gamma)
 
-    def forward(self, W: Tensor) -> Tensor:
-        return W / (self.sigma(W) / self.gamma).clamp_min(1.0)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", gamma={self.gamma}"
-
-
-class ConvScaled(ConvNorm):
+class ConvScaled(ScaledCap, ConvNorm):
     """``gamma * W / sigma(W)`` with a learnable ``gamma`` in ``[gamma_min, gamma_max]``.
-
-    ``gamma = gamma_min + (gamma_max - gamma_min) * sigmoid(gamma_raw)``, starting at 1 (or
-    at the nearest end of the range).
 
     Args:
         geometry: the convolution's geometry.
@@ -189,31 +183,6 @@ class ConvScaled(ConvNorm):
         gamma_max: largest scale (the cap).
         norm, input_shape, slack, eps: as :class:`ConvNorm`.
     """
-
-    def __init__(
-        self,
-        geometry: ConvGeometry,
-        gamma_min: float = 0.5,
-        gamma_max: float = 1.5,
-        norm: str = "operator",
-        input_shape: Sequence[int] | None = None,
-        slack: float = 0.01,
-        eps: float = 1e-12,
-    ) -> None:
-        super().__init__(geometry, norm, input_shape, slack, eps)
-        self.gamma_min, self.gamma_max = check_gamma_range(gamma_min, gamma_max)
-        self.gamma_raw = nn.Parameter(initial_scale_raw(self.gamma_min, self.gamma_max, ()))
-
-    @property
-    def gamma(self) -> Tensor:
-        """The effective scale, in ``[gamma_min, gamma_max]``."""
-        return bounded_scale(self.gamma_raw, self.gamma_min, self.gamma_max)
-
-    def forward(self, W: Tensor) -> Tensor:
-        return W * (self.gamma.to(W.dtype) / self.sigma(W))
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", gamma_min={self.gamma_min}, gamma_max={self.gamma_max}"
 
 
 #: The constraint kinds a convolution accepts.
@@ -235,8 +204,7 @@ def conv_constraint_options(kind: str) -> dict[str, Any]:
             f"constraint {kind!r} does not apply to a convolution; "
             f"choose one of {sorted(CONV_CONSTRAINTS)}"
         )
-    params = list(inspect.signature(CONV_CONSTRAINTS[kind].__init__).parameters.values())[2:]
-    return {p.name: p.default for p in params}
+    return options_of(CONV_CONSTRAINTS[kind])
 
 
 def constrain_conv(conv: nn.Module, name: str, kind: str, **options: Any) -> nn.Module:
@@ -259,13 +227,7 @@ def constrain_conv(conv: nn.Module, name: str, kind: str, **options: Any) -> nn.
             f"constraint {kind!r} does not apply to {what} (its operator norm is not a matrix's "
             f"singular values); a convolution takes {sorted(CONV_CONSTRAINTS)}"
         )
-    allowed = conv_constraint_options(kind)
-    bad = sorted(set(options) - set(allowed))
-    if bad:
-        raise ValueError(
-            f"unknown option(s) {bad} for constraint {kind!r} on {what}; allowed: "
-            f"{', '.join(allowed)}"
-        )
+    check_options(CONV_CONSTRAINTS[kind], kind, options, f" on {what}")
     W = conv.weight
     param = CONV_CONSTRAINTS[kind](geometry, **options).to(device=W.device)
     try:

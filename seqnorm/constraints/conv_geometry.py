@@ -43,6 +43,7 @@ __all__ = [
     "ConvGeometry",
     "check_weight",
     "fold",
+    "spatial_dims",
     "spatial_shape",
     "stride_one_kernel",
 ]
@@ -111,6 +112,16 @@ class ConvGeometry:
                 size, self.padding, self.dilation, kernel, self.stride, strict=True
             )
         )
+
+
+def spatial_dims(module: nn.Module) -> int:
+    """Spatial dimensions a ``...1d/2d/3d`` layer (convolution, pool) works on; 1 for any other.
+
+    >>> spatial_dims(nn.Conv2d(1, 1, 3)), spatial_dims(nn.Linear(2, 2))
+    (2, 1)
+    """
+    name = type(module).__name__
+    return int(name[-2]) if name[-2:] in ("1d", "2d", "3d") else 1
 
 
 def spatial_shape(input_shape: Sequence[int] | int, dims: int, channels: int) -> tuple[int, ...]:

@@ -26,17 +26,16 @@ number can be several times smaller or larger. Both are computed here:
 
 * :func:`reshaped_kernel_norm` -- the largest singular value of the reshaped kernel.
 
-* :func:`conv_power_norm` -- the operator norm at one input size by power iteration through
-  ``conv`` and ``conv_transpose``: a lower bound that converges to the true value, for
-  measuring how tight the bounds are (:mod:`seqnorm.constraints.conv_power`; importable
-  from here too).
+* :func:`~seqnorm.constraints.conv_power.conv_power_norm` (in its own module) -- the
+  operator norm at one input size by power iteration through ``conv`` and
+  ``conv_transpose``: a lower bound that converges to the true value, for measuring how
+  tight the bounds are.
 
 Cost: the largest singular value of a ``c_out x c_in s**d`` complex matrix at every
 frequency evaluated, about ``(22 sum_j n_j)**d / 2`` of them (slack 1%) when the spectrum is
-flat across frequencies, as it is for random kernels; fewer when it peaks. A 3x3
-``Conv2d(16, 32, stride=2)`` takes 50-100 ms per forward on one (busy) CPU thread, a 3x3
-``Conv2d(64, 64)`` ~1 s; with ``input_shape`` the count is the padded input's size
-(``N**d / 2``). A larger ``slack`` buys speed with tightness. An unchanged kernel is not
+flat across frequencies, as it is for random kernels; fewer when it peaks. With
+``input_shape`` the count is the padded input's size (``N**d / 2``). A larger ``slack``
+buys speed with tightness. An unchanged kernel is not
 searched again by the constraints (see :mod:`seqnorm.constraints.conv`).
 
 Guarantees by padding mode: see :mod:`seqnorm.constraints.conv_geometry`.
@@ -52,11 +51,9 @@ from torch import Tensor
 
 from ..linalg import compute_dtype, top_singular_vectors
 from .conv_geometry import ConvGeometry, check_weight, fold, spatial_shape, stride_one_kernel
-from .conv_power import conv_power_norm
 
 __all__ = [
     "conv_operator_norm",
-    "conv_power_norm",
     "reshaped_kernel_norm",
     "search_plan",
     "symbol_peak",
@@ -249,6 +246,7 @@ def conv_operator_norm(
     True
     >>> float(conv_operator_norm(w, g, input_shape=8))  # length 8: exact circulant bound
     2.0
+    >>> from seqnorm.constraints.conv_power import conv_power_norm
     >>> round(float(conv_power_norm(w, g, input_shape=8)), 4)  # the true norm, 2 cos(pi/16)
     1.9616
     """

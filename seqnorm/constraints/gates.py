@@ -8,17 +8,19 @@ import torch
 from torch import Tensor, nn
 
 from ..linalg import as_blocks
+from .cap import Constraint
 
 __all__ = ["GateSubset"]
 
 
-class GateSubset(nn.Module):
+class GateSubset(Constraint):
     """Apply ``inner`` to the gate blocks ``gates`` of a ``(blocks*H, H)`` matrix only.
 
     The stored tensors are ``original0``: the free blocks stacked ``(n_free*H, H)``, trained
     as plain weights; then the inner constraint's own stored tensor(s) for the chosen blocks
-    (``original1``, ...). So an optimizer can treat the constrained part apart (see
-    :func:`seqnorm.param_groups`), and the free blocks are exactly what a plain layer holds.
+    (``original1``, ...). So an optimizer can treat the constrained part apart (the free
+    tensor is :attr:`free_inputs`, read by :func:`seqnorm.param_groups`), and the free blocks
+    are exactly what a plain layer holds.
 
     Args:
         inner: the constraint, built for ``len(gates)`` blocks.
@@ -36,6 +38,9 @@ class GateSubset(nn.Module):
         self.inner, self.blocks, self.gates = inner, blocks, gates
         self.free = tuple(g for g in range(blocks) if g not in gates)
 
+    #: The free gate blocks' stored tensor (``original0``) is a plain weight.
+    free_inputs = (0,)
+
     def forward(self, free: Tensor, *stored: Tensor) -> Tensor:
         Wc = as_blocks(self.inner(*stored), len(self.gates))  # (n_gates, H, H)
         Wf = as_blocks(free, len(self.free))  # (n_free, H, H)
@@ -48,12 +53,17 @@ class GateSubset(nn.Module):
 
     @torch.no_grad()
     def right_inverse(self, W: Tensor) -> tuple[Tensor, ...]:
+        """The free blocks as they are, then the inner constraint's stored tensor(s)."""
         Wb = as_blocks(W, self.blocks)  # (blocks, H, H)
         free = Wb[list(self.free)].reshape(-1, W.shape[1])
         chosen = Wb[list(self.gates)].reshape(-1, W.shape[1])
-        inv = getattr(self.inner, "right_inverse", None)
-        stored = inv(chosen) if inv is not None else chosen
+        stored = self.inner.right_inverse(chosen)
         return (free, *((stored,) if isinstance(stored, Tensor) else tuple(stored)))
+
+    def holds(self, W: Tensor, tol: float = 1e-3) -> bool:
+        """Whether the constrained blocks of ``W`` satisfy the inner constraint."""
+        chosen = as_blocks(W, self.blocks)[list(self.gates)].reshape(-1, W.shape[1])
+        return self.inner.holds(chosen, tol)
 
     def extra_repr(self) -> str:
         return f"blocks={self.blocks}, gates={self.gates}"

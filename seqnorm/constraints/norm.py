@@ -7,7 +7,7 @@ Two estimators, chosen with the ``estimator`` option of those constraints:
   ``sigma = u^T W v``. The value is the block's largest singular value to float precision,
   at every forward, in training and in eval, however fast the weight moves; its gradient is
   ``u v^T``, the true gradient of ``sigma_max``. Costs one small ``eigh`` per block per call
-  (not per time step): <1% of a GRU's forward+backward at T=784, H=128 on one CPU thread.
+  (not per time step); ``experiments/constraint_cost.py`` measures it beside the layer.
 * ``"power"``: ``torch.nn.utils.spectral_norm``'s scheme. Persistent vectors, advanced by
   ``n_power_iterations`` steps per training forward. Cheaper at very large ``H``, but
   ``u^T W v`` is a *lower* bound on sigma: while the weight moves fast the estimate lags and
@@ -20,7 +20,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..linalg import as_blocks, compute_dtype, power_iteration, top_singular_vectors
+from ..linalg import as_blocks, check_int, compute_dtype, power_iteration, top_singular_vectors
+from .cap import Cap
 
 __all__ = ["ESTIMATORS", "SigmaNorm"]
 
@@ -31,8 +32,11 @@ ESTIMATORS = ("exact", "power")
 INIT_ITERATIONS = 100
 
 
-class SigmaNorm(nn.Module):
-    """Shared machinery of ``spectral``, ``scaled`` and ``bound``: sigma per gate block.
+class SigmaNorm(Cap):
+    """The matrix source of the caps ``spectral``, ``scaled`` and ``bound``: sigma per gate block.
+
+    The stored tensor is the raw matrix ``W`` (``right_inverse(W)`` returns it and re-converges
+    the estimator's vectors on it).
 
     Args:
         shape: shape of the constrained matrix ``(blocks*m, n)``.
@@ -46,6 +50,7 @@ class SigmaNorm(nn.Module):
         self,
         shape: torch.Size,
         blocks: int,
+        *,
         estimator: str = "exact",
         n_power_iterations: int = 1,
         eps: float = 1e-12,
@@ -53,12 +58,7 @@ class SigmaNorm(nn.Module):
         super().__init__()
         if estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
-        if (
-            not isinstance(n_power_iterations, int)
-            or isinstance(n_power_iterations, bool)
-            or n_power_iterations < 1
-        ):
-            raise ValueError(f"n_power_iterations must be an int >= 1, got {n_power_iterations!r}")
+        check_int("n_power_iterations", n_power_iterations, minimum=1)
         if not (isinstance(eps, (int, float)) and eps > 0):
             raise ValueError(f"eps must be a positive number, got {eps!r}")
         rows, cols = shape
@@ -123,6 +123,22 @@ class SigmaNorm(nn.Module):
         with torch.autocast(Wb.device.type, enabled=False):
             sigma = torch.einsum("bi,bij,bj->b", u.to(dt), Wb.to(dt), v.to(dt))  # (k,)
         return sigma.to(Wb.dtype).clamp_min(self.eps)
+
+    def sigma_shape(self) -> tuple[int, ...]:
+        """One sigma per gate block."""
+        return (self.blocks,)
+
+    def scale(self, W: Tensor, factor: Tensor) -> Tensor:
+        Wb = as_blocks(W, self.blocks)  # (k, m, n)
+        return (Wb * factor.to(Wb.dtype)[:, None, None]).reshape_as(W)
+
+    @torch.no_grad()
+    def measure(self, W: Tensor) -> Tensor:
+        Wb = as_blocks(W.detach(), self.blocks).to(compute_dtype(W.dtype))  # (k, m, n)
+        return torch.linalg.matrix_norm(Wb, 2)  # (k,)
+
+    def reset(self, W: Tensor) -> None:
+        self.converge(W)
 
     def extra_repr(self) -> str:
         s = f"blocks={self.blocks}, estimator={self.estimator!r}"

@@ -1,12 +1,12 @@
 """Constraints by name: the registry, their options, :func:`constrain` and :func:`satisfies`.
 
-A constraint's options and their defaults are its class's constructor signature (after
-``shape`` and ``blocks``); nothing here repeats them.
+A constraint's options and their defaults are the keyword-only parameters of its class's
+constructor (:func:`~seqnorm.constraints.cap.options_of`); nothing here repeats them.
 """
 
 from __future__ import annotations
 
-import inspect
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,13 +14,13 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from ..linalg import as_blocks, compute_dtype
+from ..linalg import check_int
 from .band import Band
 from .bound import Bound
+from .cap import Cap, Constraint, check_options, options_of
 from .conv import constrain_conv
 from .conv_geometry import CONV_TYPES
 from .gates import GateSubset
-from .norm import SigmaNorm
 from .orthogonal import Orthogonal
 from .scaled import Scaled
 from .semiorthogonal import SemiOrthogonal
@@ -30,6 +30,7 @@ __all__ = [
     "CONSTRAINTS",
     "check_constraint",
     "constrain",
+    "constrained_tensors",
     "constraint_options",
     "is_constrained",
     "satisfies",
@@ -53,35 +54,32 @@ def constraint_options(kind: str) -> dict[str, Any]:
     """
     check_constraint(kind)
     cls = CONSTRAINTS[kind]
-    if cls is None:
-        return {}
-    params = list(inspect.signature(cls.__init__).parameters.values())[3:]  # self, shape, blocks
-    return {p.name: p.default for p in params}
+    return {} if cls is None else options_of(cls)
 
 
 def check_constraint(kind: str, options: dict[str, Any] | None = None) -> None:
     """Raise ``ValueError`` if ``kind`` is unknown or ``options`` are not its options."""
     if not isinstance(kind, str) or kind not in CONSTRAINTS:
         raise ValueError(f"constraint must be one of {sorted(CONSTRAINTS)}, got {kind!r}")
-    if not options:
-        return
-    allowed = constraint_options(kind)
-    bad = sorted(set(options) - set(allowed))
-    if bad:
-        names = ", ".join(allowed) or "none"
-        raise ValueError(f"unknown option(s) {bad} for constraint {kind!r}; allowed: {names}")
+    cls = CONSTRAINTS[kind]
+    if options:
+        if cls is None:
+            raise ValueError(f"unknown option(s) {sorted(options)} for constraint {kind!r}; "
+                             f"allowed: none")  # fmt: skip
+        check_options(cls, kind, options)
 
 
 def constrain(
     module: nn.Module,
     name: str = "weight",
-    kind: str = "spectral",
+    constraint: str | None = None,
     *,
     blocks: int = 1,
     gates: Sequence[int] | None = None,
+    kind: str | None = None,
     **options: Any,
 ) -> nn.Module:
-    """Constrain ``module.<name>`` per gate block with the parametrization ``kind``.
+    """Constrain ``module.<name>`` per gate block with the parametrization ``constraint``.
 
     Shapes:
 
@@ -98,25 +96,41 @@ def constrain(
     Args:
         module: any module holding a 2-D parameter ``name``, or a ``Conv1d/2d/3d``.
         name: the parameter to constrain.
-        kind: ``none``, ``spectral``, ``scaled``, ``bound``, ``band`` or ``orthogonal``.
+        constraint: ``none``, ``spectral`` (default), ``scaled``, ``bound``, ``band`` or
+            ``orthogonal``: the same names as the layers' ``constraint=``.
         blocks: how many gate blocks are stacked in the rows (1 for a convolution).
         gates: indices of the blocks to constrain (``None``: all); the others stay free
             (see :class:`~seqnorm.constraints.gates.GateSubset`).
         **options: options of the constraint (see :func:`constraint_options` and the
             classes): ``estimator``, ``n_power_iterations``, ``eps``, ``gamma_min``,
             ``gamma_max``, ``gamma``, ``r``, ``map``, ``rebase_every``.
+        kind: deprecated spelling of ``constraint`` (a ``FutureWarning``).
 
     Returns:
-        ``module`` itself, now parametrized (``kind="none"`` leaves it untouched).
+        ``module`` itself, now parametrized (``constraint="none"`` leaves it untouched).
+        Assigning a plain weight, ``setattr(module, name, W)``, goes through the
+        constraint's ``right_inverse`` for every kind.
 
     Raises:
-        ValueError: unknown ``kind`` or option, bad option value, blocks not dividing the
+        ValueError: unknown constraint or option, bad option value, blocks not dividing the
             rows, non-square blocks.
+        TypeError: both ``constraint`` and ``kind`` given.
 
-    >>> lin = constrain(nn.Linear(4, 4, bias=False), kind="spectral")
+    >>> lin = constrain(nn.Linear(4, 4, bias=False), constraint="spectral")
     >>> round(torch.linalg.matrix_norm(lin.weight, 2).item(), 4)
     1.0
     """
+    if kind is not None:
+        if constraint is not None:
+            raise TypeError(f"give constraint= only (kind= is its deprecated spelling), got "
+                            f"constraint={constraint!r} and kind={kind!r}")  # fmt: skip
+        warnings.warn(
+            "constrain(..., kind=...) is deprecated: spell it constraint=..., as on the layers",
+            FutureWarning,
+            stacklevel=2,
+        )
+        constraint = kind
+    kind = "spectral" if constraint is None else constraint
     what = type(module).__name__
     if isinstance(module, CONV_TYPES):
         check_constraint(kind)
@@ -127,8 +141,7 @@ def constrain(
     if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
         raise ValueError(f"constraint {kind!r}: {what} is not supported (Conv1d/2d/3d are)")
     check_constraint(kind, options)
-    if not isinstance(blocks, int) or isinstance(blocks, bool) or blocks < 1:
-        raise ValueError(f"blocks must be a positive int, got {blocks!r}")
+    check_int("blocks", blocks, minimum=1, expected="a positive int")
     W = getattr(module, name, None)
     if not isinstance(W, Tensor):
         raise ValueError(f"module has no tensor named {name!r}")
@@ -148,7 +161,7 @@ def constrain(
     cls = CONSTRAINTS[kind]
     if cls is None:
         return module
-    if rows // blocks != cols and not issubclass(cls, SigmaNorm):  # one non-square matrix
+    if rows // blocks != cols and not issubclass(cls, Cap):  # one non-square matrix
         if kind != "orthogonal":
             raise ValueError(
                 f"constraint {kind!r} needs a square matrix; {what}.{name} has shape "
@@ -158,14 +171,11 @@ def constrain(
     chosen = tuple(range(blocks)) if gates is None else tuple(sorted(set(gates)))
     if not chosen or not all(isinstance(g, int) and 0 <= g < blocks for g in chosen):
         raise ValueError(f"gates must be block indices in range({blocks}), got {gates!r}")
+    # Registration runs the constraint's right_inverse on W (caps converge their estimator).
     if len(chosen) == blocks:
         param: nn.Module = cls(W.shape, blocks, **options).to(device=W.device)
-        if isinstance(param, SigmaNorm):
-            param.converge(W)
     else:
         inner = cls((len(chosen) * cols, cols), len(chosen), **options).to(device=W.device)
-        if isinstance(inner, SigmaNorm):
-            inner.converge(as_blocks(W.detach(), blocks)[list(chosen)].reshape(-1, cols))
         param = GateSubset(inner, blocks, chosen)
     parametrize.register_parametrization(module, name, param)
     return module
@@ -186,6 +196,8 @@ def satisfies(
 ) -> bool:
     """Check with an exact SVD that every gate block of ``W`` satisfies constraint ``kind``.
 
+    Builds the constraint with ``options`` and asks its :meth:`~Constraint.holds`.
+
     Args:
         W: matrix ``(blocks*H, H)``.
         kind: a name in :data:`CONSTRAINTS`.
@@ -201,9 +213,40 @@ def satisfies(
     False
     """
     check_constraint(kind, options)
-    s = torch.linalg.svdvals(as_blocks(W.detach(), blocks).to(compute_dtype(W.dtype)))  # (k, H)
     cls = CONSTRAINTS[kind]
     if cls is None:
-        return bool(torch.isfinite(s).all())
-    wanted = inspect.signature(cls.holds).parameters
-    return cls.holds(s, tol, **{k: v for k, v in options.items() if k in wanted})
+        return bool(torch.isfinite(W).all())
+    rows, cols = W.shape
+    if kind == "orthogonal" and rows // blocks != cols:
+        cls = SemiOrthogonal
+    return cls(W.shape, blocks, **options).holds(W, tol)
+
+
+def constrained_tensors(module: nn.Module) -> list[nn.Parameter]:
+    """The parameters behind every constrained tensor of ``module`` itself (not its children).
+
+    Asks each parametrization: every stored tensor (``original``, ``original0..n``) except
+    those a seqnorm constraint leaves free (:attr:`Constraint.free_inputs`, e.g. the free
+    gate blocks of :class:`GateSubset`), and the parametrizations' own parameters
+    (``scaled``'s ``gamma_raw``). A parametrization that is not a seqnorm constraint owns all
+    its stored tensors. Registration order, no repeats.
+
+    Args:
+        module: any module.
+    """
+    found: dict[int, nn.Parameter] = {}
+    if not parametrize.is_parametrized(module):
+        return []
+    for plist in module.parametrizations.values():
+        stored = [plist.original] if hasattr(plist, "original") else [
+            getattr(plist, f"original{i}") for i in range(plist.ntensors)
+        ]  # fmt: skip
+        first = plist[0]  # the parametrization that reads the stored tensors
+        free = set(first.free_inputs) if isinstance(first, Constraint) else set()
+        for i, t in enumerate(stored):
+            if i not in free and isinstance(t, nn.Parameter):
+                found.setdefault(id(t), t)
+        for p in plist:
+            for t in p.parameters():
+                found.setdefault(id(t), t)
+    return list(found.values())

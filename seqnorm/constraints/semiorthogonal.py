@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..linalg import compute_dtype
+from .cap import Constraint
 from .orthogonal import Orthogonal
 
 __all__ = ["SemiOrthogonal"]
@@ -24,7 +25,7 @@ def _complete(P: Tensor) -> Tensor:
     return torch.cat([P, Q[:, n:]], dim=1)
 
 
-class SemiOrthogonal(nn.Module):
+class SemiOrthogonal(Constraint):
     """Non-square ``W`` (``m x n``) with all ``min(m, n)`` singular values 1.
 
     ``W`` is the top-left ``m x n`` corner of a square orthogonal ``p x p`` matrix
@@ -46,6 +47,7 @@ class SemiOrthogonal(nn.Module):
         self,
         shape: torch.Size,
         blocks: int = 1,
+        *,
         map: str = "exp",
         rebase_every: int | None = 100,
     ) -> None:
@@ -57,19 +59,20 @@ class SemiOrthogonal(nn.Module):
             raise ValueError(f"shape must be non-square (use Orthogonal), got {tuple(shape)}")
         self.rows, self.cols = int(rows), int(cols)
         p = max(self.rows, self.cols)
-        self.square = Orthogonal(torch.Size((p, p)), 1, map, rebase_every)
+        self.square = Orthogonal(torch.Size((p, p)), 1, map=map, rebase_every=rebase_every)
 
     def forward(self, A: Tensor) -> Tensor:
         return self.square(A)[: self.rows, : self.cols]  # (m, n)
 
     @torch.no_grad()
     def right_inverse(self, W: Tensor) -> Tensor:
+        """The square orthogonal completion of ``W``'s nearest semi-orthogonal matrix."""
         U, _, Vh = torch.linalg.svd(W.to(compute_dtype(W.dtype)), full_matrices=False)
         return self.square.right_inverse(_complete(U @ Vh).to(W.dtype))
 
-    @staticmethod
-    def holds(s: Tensor, tol: float) -> bool:
-        """Whether singular values ``s`` (``(k, min(m, n))``) are all 1 within ``tol``."""
+    def holds(self, W: Tensor, tol: float = 1e-3) -> bool:
+        """Whether all ``min(m, n)`` singular values of ``W`` are 1 within ``tol``."""
+        s = torch.linalg.svdvals(W.detach().to(compute_dtype(W.dtype)))
         return bool(((s - 1).abs() <= tol).all())
 
     def extra_repr(self) -> str:

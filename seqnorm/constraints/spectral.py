@@ -1,26 +1,32 @@
-"""``spectral``: ``W / sigma(W)`` per gate block, the largest singular value becomes 1."""
+"""``spectral``: ``W / sigma(W)``, the largest singular value (or operator norm) becomes 1."""
 
 from __future__ import annotations
 
 from torch import Tensor
 
-from ..linalg import as_blocks
+from .cap import Cap
 from .norm import SigmaNorm
 
-__all__ = ["Spectral"]
+__all__ = ["Spectral", "SpectralCap"]
 
 
-class Spectral(SigmaNorm):
+class SpectralCap(Cap):
+    """The formula of ``spectral``: ``factor = 1 / sigma``, so the capped sigma is 1."""
+
+    def factor(self, sigma: Tensor) -> Tensor:
+        return 1 / sigma
+
+    def within(self, sigma: Tensor, tol: float) -> bool:
+        return bool(((sigma - 1).abs() <= tol).all())
+
+
+class Spectral(SpectralCap, SigmaNorm):
     """``W / sigma(W)`` per gate block: every block's largest singular value is 1.
 
     Args: as :class:`~seqnorm.constraints.norm.SigmaNorm`.
+
+    >>> import torch
+    >>> cap = Spectral(torch.Size((4, 4)), 1)
+    >>> cap.holds(cap(3 * torch.eye(4))), cap.holds(3 * torch.eye(4))
+    (True, False)
     """
-
-    def forward(self, W: Tensor) -> Tensor:
-        Wb = as_blocks(W, self.blocks)  # (k, m, n)
-        return (Wb / self.sigma(W)[:, None, None]).reshape_as(W)
-
-    @staticmethod
-    def holds(s: Tensor, tol: float, **options: object) -> bool:
-        """Whether singular values ``s`` (``(k, n)``, descending) satisfy the constraint."""
-        return bool(((s[:, 0] - 1).abs() <= tol).all())

@@ -8,6 +8,7 @@ reading ``x[t]``; column ``t`` of :func:`hidden_grad_norms` belongs to ``h[t]``.
 * :func:`decay_rate`, :func:`grad_ratio`, :func:`summarize` -- one number per curve.
 * :func:`jacobian_norms` -- ``||dh[T-1]/dh[t]||_2`` by power iteration (any cell) or in
   closed form (Elman RNN).
+* :func:`block_sigma_max` -- the exact, differentiable sigma_max of every gate block.
 * :func:`weight_spectrum` -- singular values, stable rank and a Lipschitz bound of every
   gate block of every ``weight_hh_l{k}``.
 * :func:`lipschitz_bound`, :func:`lipschitz_factors` -- a certified bound on the Lipschitz
@@ -28,12 +29,13 @@ from .jacobian import jacobian_norms
 from .layer_lipschitz import GELU_LIPSCHITZ, layer_lipschitz
 from .lipschitz import lipschitz_bound, lipschitz_factors, local_lipschitz
 from .recording import StateRecording, find_layers, record_hidden_states
-from .spectrum import weight_spectrum
+from .spectrum import block_sigma_max, weight_spectrum
 
 __all__ = [
     "GELU_LIPSCHITZ",
     "MAX_FIT_POINTS",
     "StateRecording",
+    "block_sigma_max",
     "decay_rate",
     "find_layers",
     "grad_ratio",

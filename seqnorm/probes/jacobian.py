@@ -8,7 +8,8 @@ import torch
 from torch import Tensor, nn
 
 from ..layers import RecurrentLayer
-from .common import check_layer, preserved_buffers
+from ..linalg import check_int
+from .common import check_layer, jacobian_sigma_max, preserved_buffers
 from .recording import record_hidden_states
 
 __all__ = ["jacobian_norms"]
@@ -82,11 +83,9 @@ def jacobian_norms(
     elman = layer.mode in ("rnn_tanh", "rnn_relu")
     if method == "closed_form" and not elman:
         raise ValueError(f"method='closed_form' needs an Elman RNN (SpectralRNN), got {layer.mode}")
-    if not isinstance(n_iterations, int) or n_iterations < 1:
-        raise ValueError(f"n_iterations must be an int >= 1, got {n_iterations!r}")
+    check_int("n_iterations", n_iterations, minimum=1)
     L = layer.num_layers
-    if not isinstance(layer_index, int) or not -L <= layer_index < L:
-        raise ValueError(f"layer_index must be an int in [-{L}, {L}), got {layer_index!r}")
+    check_int("layer_index", layer_index, -L, L)
     k = layer_index % L
     seq = _single_sequence(layer, x)  # (T, I)
     idx = _steps(steps, seq.shape[0])
@@ -127,28 +126,14 @@ def _jacobian_power(
         pos = [wanted.index(i) for i in idx]
         rows = torch.arange(S, device=h_last.device)
 
-        def vjp(u: Tensor, create_graph: bool = False) -> Tensor:
+        def vjp(u: Tensor, create_graph: bool) -> Tensor:
             """Row b: u[b]^T dh[T-1]/dh[idx[b]] of copy b (copies are independent)."""
             g = torch.autograd.grad(h_last, inputs, u, retain_graph=True,
                                     create_graph=create_graph, allow_unused=True,
                                     materialize_grads=True)  # fmt: skip
             return torch.stack([g[p] for p in pos])[rows, rows]  # (S, H)
 
-        w = torch.zeros_like(h_last, requires_grad=True)  # (S, H)
-        wj = vjp(w, create_graph=True)  # linear in w: its derivative in w is J
-
-        def jvp(v: Tensor) -> Tensor:
-            return torch.autograd.grad(wj, w, v, retain_graph=True)[0]  # (S, H): J v
-
         gen = torch.Generator(device=h_last.device).manual_seed(0)
         v = torch.randn(h_last.shape, generator=gen, device=h_last.device, dtype=h_last.dtype)
         v = v / v.norm(dim=-1, keepdim=True)
-        eps = torch.finfo(h_last.dtype).tiny
-        sigma = h_last.new_zeros(S)
-        for _ in range(n_iterations):
-            u = jvp(v)
-            u = u / u.norm(dim=-1, keepdim=True).clamp_min(eps)
-            v = vjp(u).detach()  # J^T u
-            sigma = v.norm(dim=-1)  # ||J^T u|| -> sigma_max
-            v = v / sigma.unsqueeze(-1).clamp_min(eps)
-    return sigma.detach()
+        return jacobian_sigma_max(vjp, h_last, v, n_iterations)

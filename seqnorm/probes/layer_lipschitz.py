@@ -42,9 +42,9 @@ from torch import Tensor, nn
 
 from ..constraints import CONV_TYPES, ConvGeometry, conv_operator_norm
 from ..layers import RecurrentLayer
-from .pool_lipschitz import POOL_LAYERS, pool_lipschitz, spatial_dims
+from .pool_lipschitz import POOL_LAYERS, pool_lipschitz
 
-__all__ = ["BOUNDED_LAYERS", "GELU_LIPSCHITZ", "REFUSED_LAYERS", "layer_lipschitz", "spatial_dims"]
+__all__ = ["BOUNDED_LAYERS", "GELU_LIPSCHITZ", "REFUSED_LAYERS", "layer_lipschitz"]
 
 _SQRT2 = math.sqrt(2.0)
 #: Lipschitz constant of the exact GELU ``x Phi(x)``: ``f' = Phi + x phi`` peaks at ``sqrt 2``.

@@ -33,11 +33,11 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from ..constraints import CONV_TYPES
+from ..constraints import CONV_TYPES, spatial_dims
 from ..constraints.conv_geometry import spatial_shape
-from ..linalg import compute_dtype
-from .common import preserved_buffers
-from .layer_lipschitz import BOUNDED_LAYERS, REFUSED_LAYERS, layer_lipschitz, spatial_dims
+from ..linalg import check_int, compute_dtype
+from .common import jacobian_sigma_max, preserved_buffers
+from .layer_lipschitz import BOUNDED_LAYERS, REFUSED_LAYERS, layer_lipschitz
 
 __all__ = ["lipschitz_bound", "lipschitz_factors", "local_lipschitz"]
 
@@ -245,8 +245,7 @@ def local_lipschitz(
     """
     if not isinstance(x, Tensor) or x.dim() < 1 or x.shape[0] == 0:
         raise ValueError(f"x must be a non-empty batch tensor (B, ...), got {x!r:.60}")
-    if not isinstance(n_iterations, int) or n_iterations < 1:
-        raise ValueError(f"n_iterations must be an int >= 1, got {n_iterations!r}")
+    check_int("n_iterations", n_iterations, minimum=1)
     B = x.shape[0]
     dt = compute_dtype(x.dtype) if x.is_floating_point() else torch.float32
     with preserved_buffers(net), _forked_rng(net), torch.enable_grad():
@@ -254,26 +253,14 @@ def local_lipschitz(
         y = net(xi)
         if not isinstance(y, Tensor) or y.shape[:1] != (B,):
             raise ValueError(f"net(x) must return a tensor (B, ...) with B={B}")
-        w = torch.zeros_like(y, requires_grad=True)
-        (jtw,) = torch.autograd.grad(y, xi, w, create_graph=True, allow_unused=True,
-                                     materialize_grads=True)  # fmt: skip
-        if not jtw.requires_grad:  # the output does not depend on the input
-            return y.new_zeros(()) if not per_sample else y.new_zeros(B)
-        eps = torch.finfo(dt).tiny
 
-        def unit(t: Tensor) -> Tensor:
-            return t / t.flatten(1).norm(dim=1).clamp_min(eps).reshape(-1, *[1] * (t.dim() - 1))
+        def vjp(u: Tensor, create_graph: bool) -> Tensor:
+            return torch.autograd.grad(y, xi, u, retain_graph=True, create_graph=create_graph,
+                                       allow_unused=True, materialize_grads=True)[0]  # fmt: skip
 
         gen = torch.Generator(device="cpu").manual_seed(0)
-        v = unit(torch.randn(xi.shape, generator=gen, dtype=dt).to(xi.device))
-        sigma = y.new_zeros(B, dtype=dt)
-        for _ in range(n_iterations):
-            (u,) = torch.autograd.grad(jtw, w, v, retain_graph=True)  # J v, (B, out..)
-            (g,) = torch.autograd.grad(y, xi, unit(u), retain_graph=True)  # J^T u
-            new = g.flatten(1).norm(dim=1)  # (B,)
-            done = bool(((new - sigma).abs() <= tol * new.clamp_min(eps)).all())
-            sigma, v = new, unit(g).detach()
-            if done:
-                break
-    sigma = sigma.detach()
+        v = torch.randn(xi.shape, generator=gen, dtype=dt).to(xi.device)
+        v = v / v.flatten(1).norm(dim=1).clamp_min(torch.finfo(dt).tiny).reshape(
+            -1, *[1] * (v.dim() - 1))  # fmt: skip
+        sigma = jacobian_sigma_max(vjp, y, v, n_iterations, tol)
     return sigma if per_sample else sigma.max()

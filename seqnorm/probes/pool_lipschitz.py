@@ -21,9 +21,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..constraints import ConvGeometry, conv_operator_norm
+from ..constraints import ConvGeometry, conv_operator_norm, spatial_dims
 
-__all__ = ["POOL_LAYERS", "pool_lipschitz", "spatial_dims"]
+__all__ = ["POOL_LAYERS", "pool_lipschitz"]
 
 _AVG_POOL = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
 _MAX_POOL = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
@@ -35,12 +35,6 @@ POOL_LAYERS = (*_AVG_POOL, *_MAX_POOL, *_ADAPTIVE_AVG, *_ADAPTIVE_MAX)
 
 def _tuple(v: int | Sequence[int], d: int) -> tuple[int, ...]:
     return tuple(v) if isinstance(v, (tuple, list)) else (int(v),) * d
-
-
-def spatial_dims(module: nn.Module) -> int:
-    """Spatial dimensions a ``...1d/2d/3d`` layer works on (1 for any other)."""
-    name = type(module).__name__
-    return int(name[-2]) if name[-2:] in ("1d", "2d", "3d") else 1
 
 
 def _pool_1d_norm(

@@ -9,7 +9,39 @@ from torch.nn.utils.parametrize import cached
 from ..linalg import compute_dtype, stable_rank
 from .common import check_layer, preserved_buffers
 
-__all__ = ["weight_spectrum"]
+__all__ = ["block_sigma_max", "weight_spectrum"]
+
+
+def block_sigma_max(layer: nn.Module) -> Tensor:
+    """Exact largest singular value of every gate block of every unit, differentiable.
+
+    The matrices are the constrained recurrent maps (:meth:`recurrent_maps`: the gate
+    blocks of ``weight_hh``, or ``W_hh^g @ W_hr`` with ``proj_size``), read in eval mode:
+    reading them neither advances a ``power`` estimator in training mode nor counts towards
+    an ``orthogonal`` re-base, so a logger or a penalty does not change the training
+    trajectory (nor the buffers of one DDP rank only). Each module's mode is restored after,
+    also on an error. Its gradient is ``u v^T`` per block (``spectral_penalty``).
+
+    Args:
+        layer: a ``SpectralRNN``, ``SpectralGRU`` or ``SpectralLSTM``.
+
+    Returns:
+        ``(units, gates)``, float32 or higher, in ``layer.unit_names`` order and torch's gate
+        order.
+
+    >>> from seqnorm import SpectralGRU
+    >>> block_sigma_max(SpectralGRU(2, 4, num_layers=2, constraint="bound")).shape
+    torch.Size([2, 3])
+    """
+    layer = check_layer(layer)
+    modes = [(m, m.training) for m in layer.modules()]
+    try:
+        layer.eval()
+        maps = layer.recurrent_maps()  # (U, G, H, H)
+    finally:
+        for m, mode in modes:
+            m.training = mode
+    return torch.linalg.matrix_norm(maps.to(compute_dtype(maps.dtype)), ord=2)  # (U, G)
 
 
 def weight_spectrum(layer: nn.Module) -> dict[str, Tensor]:
