@@ -44,7 +44,7 @@ for x, y in list(dm.train_dataloader())[: args["steps"]]:
                     _, state = model.rnn(chunk, state)
                 continue
             out, _ = model.rnn(chunk, state)
-            loss = model.loss(model._readout(out), y)
+            loss = model.loss(model.decode(out), y)
     else:
         loss = model.loss(model(x), y)
     opt.zero_grad()

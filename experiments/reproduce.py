@@ -12,8 +12,8 @@ Provenance: the worker records the commit of the checkout it imported ``seqnorm`
 whether that checkout was clean; a dirty checkout refuses to start unless ``--allow-dirty``.
 Run the grid from a worktree of one commit so that later edits cannot change it::
 
-    git worktree add /work/wt_grid <commit> && cd /work/wt_grid
-    PYTHONPATH=$PWD nohup /work/main/.venv/bin/python experiments/reproduce.py --budget cpu \\
+    git worktree add ../wt_grid <commit> && cd ../wt_grid
+    PYTHONPATH=$PWD nohup python experiments/reproduce.py --budget cpu \\
         --workers 2 >> experiments/results/reproduce.log 2>&1 &
 
 Resumable: a run with a row in ``runs.csv`` is done; kill the grid and start it again, and an
@@ -199,11 +199,10 @@ def _probe(model, batch):  # noqa: ANN001, ANN202
     import torch
 
     from seqnorm import probes
+    from seqnorm.utils import eval_mode
 
-    model.eval()
-    with torch.enable_grad():
+    with eval_mode(model), torch.enable_grad():
         norms = probes.hidden_grad_norms(model, batch, model.loss)
-    model.train()
     summary = probes.summarize(norms)
     return probes.log10_norms(norms).cpu().numpy(), summary
 

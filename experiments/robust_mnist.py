@@ -20,14 +20,14 @@ steps) take about 4 minutes, the full data set about two hours. Writes
 ``experiments/results/robust_mnist.md``.
 
     .venv/bin/python experiments/robust_mnist.py --data-dir ../shared/data/mnist
-    .venv/bin/python experiments/robust_mnist.py --train-size 60000 --epochs 10 --test-size 10000
+    SEQNORM_DATA=../shared/data .venv/bin/python experiments/robust_mnist.py \\
+        --train-size 60000 --epochs 10 --test-size 10000
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,14 +38,10 @@ from torch import Tensor, nn
 
 from seqnorm import constrain
 from seqnorm.constraints import ConvGeometry, conv_power_norm
-from seqnorm.data.mnist import MNIST_FILES, read_idx
+from seqnorm.data import default_mnist_dir, load_mnist
 from seqnorm.probes import lipschitz_bound, lipschitz_factors, local_lipschitz
 
 OUT = Path(__file__).resolve().parent / "results" / "robust_mnist.md"
-DEFAULT_DATA = Path(
-    os.environ.get("SEQNORM_MNIST_DIR")
-    or Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
-)
 INPUT = (1, 28, 28)
 
 
@@ -53,20 +49,10 @@ def load(data_dir: Path, split: str, size: int, seed: int) -> tuple[Tensor, Tens
     """``size`` images ``(N, 1, 28, 28)`` in [0, 1] and labels of ``split`` (train/test).
 
     Raises:
-        FileNotFoundError: if the IDX files are not in ``data_dir`` (raw or ``.gz``).
+        FileNotFoundError: if the IDX files are not in ``data_dir`` (raw or ``.gz``;
+            nothing is downloaded).
     """
-    files = {}
-    for role in (f"{split}_images", f"{split}_labels"):
-        name = MNIST_FILES[role][0]
-        found = [data_dir / n for n in (name, name + ".gz") if (data_dir / n).exists()]
-        if not found:
-            raise FileNotFoundError(
-                f"MNIST file {name}[.gz] not found in --data-dir {data_dir} (the four IDX files "
-                f"of https://yann.lecun.com/exdb/mnist/ are needed; nothing is downloaded)"
-            )
-        files[role] = found[0]
-    images = read_idx(files[f"{split}_images"])
-    labels = read_idx(files[f"{split}_labels"])
+    images, labels = load_mnist(data_dir, split, download=False)  # (N, 28, 28), (N,)
     idx = np.random.RandomState(seed).permutation(len(labels))[:size]
     x = torch.from_numpy(images[idx].astype(np.float32) / 255.0).unsqueeze(1)
     return x, torch.from_numpy(labels[idx].astype(np.int64))
@@ -192,7 +178,9 @@ def table(rows: dict[str, dict], radii: list[float]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="the four MNIST IDX files")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="the four MNIST IDX files (default: $SEQNORM_DATA/mnist, else "
+                   "data/mnist in the working directory)")  # fmt: skip
     p.add_argument("--train-size", type=int, default=10_000)
     p.add_argument("--test-size", type=int, default=1_000)
     p.add_argument("--epochs", type=int, default=3)
@@ -207,6 +195,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args(argv)
+    if args.data_dir is None:
+        args.data_dir = default_mnist_dir()
     if not args.data_dir.is_dir():
         p.error(f"--data-dir {args.data_dir} does not exist (it must hold the MNIST IDX files)")
     torch.set_num_threads(args.threads)

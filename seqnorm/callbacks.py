@@ -40,6 +40,8 @@ from torch import Tensor
 
 from . import plots
 from .probes import find_layers, hidden_grad_norms, summarize, weight_spectrum
+from .rundir import RunDirOutput
+from .utils import eval_mode
 
 __all__ = ["GradientFlowMonitor", "SpectrumMonitor"]
 
@@ -57,20 +59,12 @@ def _check_int(name: str, value: Any, low: int) -> int:
 @contextmanager
 def _probing(pl_module: pl.LightningModule) -> Iterator[None]:
     """Eval mode, gradients on, CPU RNG saved; every module's mode restored on exit."""
-    modes = [(m, m.training) for m in pl_module.modules()]
-    try:
-        pl_module.eval()
-        with torch.random.fork_rng(devices=[]), torch.enable_grad():
-            yield
-    finally:
-        for module, mode in modes:
-            module.training = mode
+    with eval_mode(pl_module), torch.random.fork_rng(devices=[]), torch.enable_grad():
+        yield
 
 
-class _Monitor(pl.Callback):
+class _Monitor(pl.Callback, RunDirOutput):
     """Shared schedule, output folder and logging of the monitors."""
-
-    dirname = "probes"
 
     def __init__(
         self,
@@ -145,18 +139,19 @@ class _Monitor(pl.Callback):
             img = plots.to_rgb_array(fig)  # (h, w, 3): drawn once, written and logged
             imsave(out / f"{name}.png", img)
             for lg in wandb:
-                lg.log_image(key=f"probe/{self.dirname}/{name}", images=[img], step=step)
+                lg.log_image(key=f"probe/{self.run_subdir()}/{name}", images=[img], step=step)
 
     # -- output ----------------------------------------------------------------------------
     def output_dir(self, trainer: pl.Trainer) -> Path:
-        """Where the files go: ``dirpath``, else ``<log dir>/<dirname>`` (module docstring)."""
+        """Where the files go: ``dirpath``, else ``<log dir>/<run_subdir()>`` (module
+        docstring)."""
         if self.dirpath is not None:
             return Path(self.dirpath)
         root = None
         if trainer.loggers:
             lg = trainer.loggers[0]
             root = getattr(lg, "log_dir", None) or getattr(lg, "save_dir", None)
-        return Path(root or trainer.default_root_dir) / self.dirname
+        return Path(root or trainer.default_root_dir) / self.run_subdir()
 
     @staticmethod
     def _log_metrics(trainer: pl.Trainer, metrics: dict[str, float], step: int) -> None:
@@ -240,7 +235,10 @@ class GradientFlowMonitor(_Monitor):
             logger's version).
     """
 
-    dirname = "gradient_flow"
+    @classmethod
+    def run_subdir(cls) -> str:
+        """``gradient_flow``: the folder of the CSV and figures (see :class:`RunDirOutput`)."""
+        return "gradient_flow"
 
     def __init__(
         self,
@@ -375,7 +373,10 @@ class SpectrumMonitor(_Monitor):
             logger's version).
     """
 
-    dirname = "spectrum"
+    @classmethod
+    def run_subdir(cls) -> str:
+        """``spectrum``: the folder of the CSV and figure (see :class:`RunDirOutput`)."""
+        return "spectrum"
 
     def __init__(
         self,

@@ -7,7 +7,7 @@ The task wiring (``input_kind``, ``input_dim``, ``output_kind``, ``num_classes``
 
 from __future__ import annotations
 
-import os
+import warnings
 from typing import Any
 
 import pytorch_lightning as pl
@@ -18,20 +18,29 @@ from torch.nn import functional as F
 from torchmetrics import Accuracy, MeanMetric, MeanSquaredError
 
 from .constraints import check_constraint
+from .guards import NonFiniteGuard, NonFiniteLossError
 from .layers import SpectralGRU, SpectralLSTM, SpectralRNN
-from .linalg import as_blocks, compute_dtype
+from .linalg import compute_dtype
 from .optim import param_groups
+from .utils import eval_mode
 
-__all__ = ["CELLS", "GATE_NAMES", "NonFiniteLossError", "SeqModel"]
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training met a NaN/inf loss or gradient; raised before the bad update is applied."""
-
+__all__ = ["CELLS", "NonFiniteLossError", "SeqModel"]
 
 CELLS = {"rnn": SpectralRNN, "gru": SpectralGRU, "lstm": SpectralLSTM}
-#: Names of the gate blocks of ``weight_hh``, in torch's stacking order.
-GATE_NAMES = {"rnn": ("h",), "gru": ("r", "z", "n"), "lstm": ("i", "f", "g", "o")}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "GATE_NAMES":  # deprecated: the layer knows its gate names
+        warnings.warn(
+            "seqnorm.model.GATE_NAMES is deprecated: ask the layer (model.rnn.gate_names)",
+            FutureWarning,
+            stacklevel=2,
+        )
+        with torch.random.fork_rng(devices=[]):  # building a layer draws its init
+            return {cell: cls(1, 1).gate_names for cell, cls in CELLS.items()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 _INPUT_KINDS = ("tokens", "features")
 _OUTPUT_KINDS = ("per_step_class", "last_class", "last_regression")
 
@@ -65,11 +74,14 @@ class SeqModel(pl.LightningModule):
             on by themselves when they need it).
         stop_on_nonfinite: stop with :class:`NonFiniteLossError` (naming the step) as soon as
             the loss or a gradient is NaN/inf, before the optimiser applies it, so the last
-            checkpoint stays good and the loggers are flushed.
+            checkpoint stays good and the loggers are flushed: the model adds a
+            :class:`seqnorm.guards.NonFiniteGuard` to the trainer's callbacks
+            (:meth:`configure_callbacks`).
         tbptt_steps: truncated backpropagation through time: split each sequence into
             chunks of this many steps with an optimiser step per chunk (manual
             optimisation; ``trainer.gradient_clip_val`` is then not available). ``None``:
-            full backpropagation through time.
+            full backpropagation through time. The ``spectral_penalty`` is added to the
+            loss of every chunk that has one. Not with ``bidirectional``.
         init: initialisation of the recurrent gate blocks (``torch``, ``identity``,
             ``orthogonal``, ``henaff``, ``cayley``), applied before the constraint.
         chrono_init: ``T_max`` of the chrono initialisation of the gate biases (GRU, LSTM).
@@ -80,6 +92,15 @@ class SeqModel(pl.LightningModule):
             parameters), in a parameter group of their own; ``None``: the optimizer's lr.
         input_projection: a learned ``Linear(input_dim, hidden_size)`` before the recurrent
             layer (for feature inputs, the analogue of an embedding for tokens).
+        bidirectional: a bidirectional recurrent layer. Last-step tasks read the forward
+            direction's last output beside the backward direction's first (each has then
+            read the whole sequence); per-step tasks read both directions at every step.
+        proj_size: ``cell: lstm`` only: project the hidden state to this many features
+            (0: none); the readout then reads ``proj_size`` features per direction.
+
+    Attributes:
+        current_batch: the batch the training step in progress works on (``None`` between
+            steps); :class:`~seqnorm.guards.NonFiniteGuard` inspects it.
     """
 
     def __init__(
@@ -107,6 +128,8 @@ class SeqModel(pl.LightningModule):
         constrained_gates: list[str] | None = None,
         constrained_lr: float | None = None,
         input_projection: bool = False,
+        bidirectional: bool = False,
+        proj_size: int = 0,
     ) -> None:
         super().__init__()
         if cell not in CELLS:
@@ -132,6 +155,13 @@ class SeqModel(pl.LightningModule):
         self.stop_on_nonfinite = stop_on_nonfinite
         if tbptt_steps is not None and (not isinstance(tbptt_steps, int) or tbptt_steps < 1):
             raise ValueError(f"tbptt_steps must be None or an int >= 1, got {tbptt_steps!r}")
+        if tbptt_steps is not None and bidirectional:
+            raise ValueError(
+                "tbptt_steps needs a unidirectional layer (the backward direction would start "
+                "again in every chunk), got bidirectional=True"
+            )
+        if proj_size and cell != "lstm":
+            raise ValueError(f"proj_size is for cell 'lstm' only, got cell {cell!r}")
         self.tbptt_steps = tbptt_steps
         self.automatic_optimization = tbptt_steps is None
         if constrained_lr is not None and not (
@@ -144,6 +174,8 @@ class SeqModel(pl.LightningModule):
         extra: dict[str, Any] = {"nonlinearity": nonlinearity} if cell == "rnn" else {}
         if chrono_init is not None:
             extra["chrono_init"] = chrono_init
+        if cell == "lstm":
+            extra["proj_size"] = proj_size
         self.input_proj = nn.Linear(input_dim, hidden_size) if input_projection else None
         self.rnn = CELLS[cell](
             hidden_size if input_projection else input_dim,
@@ -155,10 +187,14 @@ class SeqModel(pl.LightningModule):
             constraint_options=constraint_options,
             init=init,
             constrained_gates=constrained_gates,
+            bidirectional=bidirectional,
             **extra,
         )
         self.rnn.unroll = unroll
-        self.readout = nn.Linear(hidden_size, num_classes)
+        self.bidirectional = bool(bidirectional)
+        width = (2 if bidirectional else 1) * (proj_size or hidden_size)  # features per step
+        self.readout = nn.Linear(width, num_classes)
+        self.current_batch: Any = None
         self.train_metrics = self._make_metrics()  # one set of torchmetrics per split
         self.val_metrics = self._make_metrics()
         self.test_metrics = self._make_metrics()
@@ -214,8 +250,8 @@ class SeqModel(pl.LightningModule):
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``(B, T, C)`` (per-step), ``(B, C)`` (last step) or predictions ``(B,)``."""
-        out, _ = self.rnn(self.features(x))  # (B, T, H)
-        return self._readout(out)
+        out, _ = self.rnn(self.features(x))  # (B, T, D * R)
+        return self.decode(out)
 
     def loss(self, output: Tensor, target: Tensor) -> Tensor:
         """The task loss: cross-entropy (over every step for per-step tasks) or MSE."""
@@ -226,27 +262,24 @@ class SeqModel(pl.LightningModule):
         return F.mse_loss(output, target.to(output.dtype))
 
     def sigma_max(self) -> dict[str, Tensor]:
-        """Exact largest singular value of every gate block of every ``weight_hh_l{k}``.
+        """Exact largest singular value of every gate's recurrent map, differentiable.
+
+        Keys ``"{unit}/{gate}"`` (``l0/z``, ``l0_reverse/z``, ...: the layer's
+        ``unit_names`` and ``gate_names``); the maps are the layer's ``recurrent_maps()``,
+        the ones :func:`seqnorm.probes.weight_spectrum` reports (which is detached).
 
         Reading the weights here does not advance the constraints' power iteration (in
         training mode a read would): logging or a penalty must not change the training
         trajectory, nor the buffers of one DDP rank only.
         """
-        out = {}
-        H = self.rnn.hidden_size
-        modes = [(m, m.training) for m in self.rnn.modules()]
-        try:
-            self.rnn.eval()
-            weights = [getattr(self.rnn, f"weight_hh_l{k}") for k in range(self.rnn.num_layers)]
-        finally:
-            for m, mode in modes:
-                m.training = mode
-        for k, W in enumerate(weights):
-            Wb = as_blocks(W, W.shape[0] // H).to(compute_dtype(W.dtype))  # (gates, H, H)
-            s = torch.linalg.matrix_norm(Wb, ord=2)  # (gates,)
-            for name, val in zip(GATE_NAMES[self.cell], s, strict=True):
-                out[f"l{k}/{name}"] = val
-        return out
+        with eval_mode(self.rnn):
+            maps = self.rnn.recurrent_maps()  # (units, G, H, H)
+        s = torch.linalg.matrix_norm(maps.to(compute_dtype(maps.dtype)), ord=2)  # (units, G)
+        return {
+            f"{unit}/{gate}": s[k, g]
+            for k, unit in enumerate(self.rnn.unit_names)
+            for g, gate in enumerate(self.rnn.gate_names)
+        }
 
     def penalty(self) -> Tensor:
         """``sum((sigma_max - 1)^2)`` over all gate blocks, differentiable."""
@@ -288,11 +321,29 @@ class SeqModel(pl.LightningModule):
         if self.baseline is not None and split == "train":
             self.log("train/baseline", float(self.baseline), on_step=True, on_epoch=False)
 
-    def _readout(self, out: Tensor) -> Tensor:
+    def decode(self, out: Tensor) -> Tensor:
+        """The task's output from the recurrent layer's output ``out`` ``(B, t, D * R)``.
+
+        Per-step tasks: logits ``(B, t, C)`` at every step; last-step tasks: logits
+        ``(B, C)`` or predictions ``(B,)`` from the last step (bidirectional: the forward
+        direction's last step beside the backward direction's first).
+        """
         if self.output_kind == "per_step_class":
             return self.readout(out)  # (B, t, C)
-        y = self.readout(out[:, -1])  # (B, C)
+        last = out[:, -1]  # (B, D * R)
+        if self.bidirectional:
+            R = out.shape[-1] // 2
+            last = torch.cat([out[:, -1, :R], out[:, 0, R:]], dim=-1)  # (B, 2R)
+        y = self.readout(last)  # (B, C)
         return y.squeeze(-1) if self.output_kind == "last_regression" else y
+
+    def _penalized(self, loss: Tensor) -> Tensor:
+        """``loss`` plus ``spectral_penalty * penalty()`` (logged), or ``loss`` unchanged."""
+        if not self.spectral_penalty:
+            return loss
+        pen = self.penalty()
+        self.log("train/spectral_penalty", pen.detach(), on_step=True, on_epoch=False)
+        return loss + self.spectral_penalty * pen
 
     def _tbptt_step(self, batch: tuple[Tensor, Tensor]) -> Tensor:
         """Truncated BPTT: chunks of ``tbptt_steps``, state carried but detached between
@@ -301,23 +352,20 @@ class SeqModel(pl.LightningModule):
         last ``tbptt_steps`` steps)."""
         x, y = batch
         opt = self.optimizers()
-        inputs = self.features(x)  # (B, T, F)
-        chunks = inputs.split(self.tbptt_steps, dim=1)
+        chunks = x.split(self.tbptt_steps, dim=1)  # each chunk encoded on its own graph
         per_step = self.output_kind == "per_step_class"
         targets = y.split(self.tbptt_steps, dim=1) if per_step else [y] * len(chunks)
         state, outputs, losses = None, [], []
         for i, (chunk, target) in enumerate(zip(chunks, targets, strict=True)):
             if not per_step and i < len(chunks) - 1:
                 with torch.no_grad():
-                    _, state = self.rnn(chunk, state)
+                    _, state = self.rnn(self.features(chunk), state)
                 continue
-            out, state = self.rnn(chunk, state)
-            output = self._readout(out)
+            out, state = self.rnn(self.features(chunk), state)  # (B, t, D * R)
+            output = self.decode(out)
             loss = self.loss(output, target)
-            if self.stop_on_nonfinite and not torch.isfinite(loss):
-                raise self._non_finite(f"loss ({loss.item()})", (chunk, target))
             opt.zero_grad()
-            self.manual_backward(loss)
+            self.manual_backward(self._penalized(loss))
             opt.step()
             state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
             outputs.append(output.detach())
@@ -342,60 +390,19 @@ class SeqModel(pl.LightningModule):
         if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau) and val is not None:
             sched.step(val)
 
-    def _non_finite(self, what: str, batch: Any) -> NonFiniteLossError:
-        """The error for a non-finite ``what``: whether the input batch caused it, the newest
-        checkpoint of any ModelCheckpoint, and what to do."""
-        bad = [
-            f"{name} ({int((~torch.isfinite(t)).sum())} values)"
-            for name, t in zip(("inputs", "targets"), batch or (), strict=False)
-            if isinstance(t, Tensor) and t.is_floating_point() and not torch.isfinite(t).all()
-        ]
-        if bad:
-            head = (
-                f"non-finite input batch at step {self.global_step}: the {' and '.join(bad)} "
-                f"hold NaN/inf, which made the {what} non-finite"
-            )
-            advice = "check the data: the DataModule or its files"
-        else:
-            head = f"non-finite {what} at step {self.global_step} (the input batch is finite)"
-            advice = "lower the learning rate or set trainer.gradient_clip_val"
-        return NonFiniteLossError(
-            f"{head}; training stopped before the update, last good checkpoint: "
-            f"{self._newest_checkpoint()} ({advice})"
-        )
-
-    def _newest_checkpoint(self) -> str:
-        """The newest file any ModelCheckpoint of the trainer has saved, or ``none yet``."""
-        paths: set[str] = set()
-        for cb in self.trainer.checkpoint_callbacks:
-            paths.update(getattr(cb, "best_k_models", {}))
-            paths.update((getattr(cb, "last_model_path", ""), getattr(cb, "best_model_path", "")))
-        found = [p for p in paths if p and os.path.isfile(p)]
-        return max(found, key=os.path.getmtime) if found else "none yet"
-
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        self._batch_in_step = batch  # to tell a bad batch from a bad update, if one comes
+        self.current_batch = batch  # a guard tells a bad batch from a bad update with it
         if self.tbptt_steps:
             return self._tbptt_step(batch)
-        loss = self._step(batch, "train")
-        if self.stop_on_nonfinite and not torch.isfinite(loss):
-            raise self._non_finite(f"loss ({loss.item()})", batch)
-        if self.spectral_penalty:
-            pen = self.penalty()
-            self.log("train/spectral_penalty", pen.detach(), on_step=True, on_epoch=False)
-            loss = loss + self.spectral_penalty * pen
-        return loss
+        return self._penalized(self._step(batch, "train"))
 
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if not self.stop_on_nonfinite:
-            return
-        grads = [p.grad.detach().norm() for p in self.parameters() if p.grad is not None]
-        if grads and not torch.isfinite(torch.stack(grads).sum()):
-            name = next(
-                n for n, p in self.named_parameters()
-                if p.grad is not None and not torch.isfinite(p.grad).all()
-            )  # fmt: skip
-            raise self._non_finite(f"gradient of {name}", getattr(self, "_batch_in_step", None))
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.current_batch = None
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        """A :class:`~seqnorm.guards.NonFiniteGuard` when ``stop_on_nonfinite`` (it replaces
+        one the trainer already has)."""
+        return [NonFiniteGuard()] if self.stop_on_nonfinite else []
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._step(batch, "val")

@@ -30,6 +30,7 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 __all__ = [
     "RUN_FILE",
     "RunDirError",
+    "RunDirOutput",
     "check_checkpoint_file",
     "check_fit_into",
     "checkpoint_dirs",
@@ -52,6 +53,23 @@ RUN_FILE = "run.json"
 
 class RunDirError(ValueError):
     """A run directory that cannot be used as asked (the CLI: exit code 2, one line)."""
+
+
+class RunDirOutput:
+    """What a callback implements to have its files placed inside the run directory.
+
+    A callback class that subclasses this says, with :meth:`run_subdir`, which folder of the
+    run directory it writes into, and takes two init arguments: ``dirpath`` (where its
+    files go; the default is decided by the caller) and ``run_id`` (the id it writes beside
+    its rows). :func:`place_outputs` sets ``dirpath`` to ``<run dir>/<run_subdir()>`` unless
+    the user chose a place, and ``run_id`` to the run's id unless given. The monitors of
+    :mod:`seqnorm.callbacks` implement it; a user's callback can too.
+    """
+
+    @classmethod
+    def run_subdir(cls) -> str:
+        """The folder, relative to the run directory, this callback writes its files into."""
+        raise NotImplementedError(f"{cls.__name__} must implement run_subdir()")
 
 
 def check_checkpoint_file(path: str | os.PathLike[str]) -> None:
@@ -254,7 +272,7 @@ def place_outputs(cfg: Any, run_dir: Path, root: Path, run_id: str | None) -> No
     for cls, args in _entries(cfg.get("trainer.callbacks") or []):
         if issubclass(cls, ModelCheckpoint):
             args.dirpath = place(args.get("dirpath"), run_dir, root, run_dir / "checkpoints")
-        elif "dirpath" in args and isinstance(getattr(cls, "dirname", None), str):
-            args.dirpath = place(args.dirpath, run_dir, root, run_dir / cls.dirname)
-        if "run_id" in args and args.run_id is None:
-            args.run_id = run_id
+        elif issubclass(cls, RunDirOutput):
+            args.dirpath = place(args.get("dirpath"), run_dir, root, run_dir / cls.run_subdir())
+            if args.get("run_id") is None:
+                args.run_id = run_id

@@ -67,7 +67,7 @@ def test_csv_logger_gets_files_and_metrics(tmp_path: Path) -> None:
         assert (out / "gradient_flow" / name).stat().st_size > 0, name
     assert (out / "spectrum" / "spectrum.png").stat().st_size > 0
     rows = _read_csv(out / "gradient_flow" / "grad_norms.csv")
-    T = dm.seq_len
+    T = dm.input_len
     assert len(rows) == 3 * 2 * T  # steps 0, 2, 4 x two layers x T
     assert {int(r["step"]) for r in rows} == {0, 2, 4}
     assert all(float(r["norm"]) > 0 for r in rows)
@@ -98,7 +98,7 @@ def test_csv_rows_carry_the_run_id_and_dirpath_places_the_files(tmp_path: Path) 
         _trainer(tmp_path, [flow, spec], logger, max_steps=2).fit(model, dm)
     grad = _read_csv(out / "flow" / "grad_norms.csv")
     sv = _read_csv(out / "spec" / "singular_values.csv")
-    T = dm.seq_len
+    T = dm.input_len
     # first run: its given id; second: the logger's version (version_1: a second CSV version)
     assert [r["run_id"] for r in grad] == ["first"] * 2 * T + ["version_1"] * 2 * T
     assert [r["step"] for r in grad[: 2 * T]] == [r["step"] for r in grad[2 * T :]]
@@ -166,7 +166,7 @@ def test_wandb_like_logger_gets_images_and_table(tmp_path: Path) -> None:
     assert [(k, c, s) for k, c, _, s in logger.tables] == [
         ("probe/gradient_flow/grad_norms", ["step", "layer", "t", "norm"], s) for s in (0, 4, 6)
     ]
-    T = dm.seq_len
+    T = dm.input_len
     assert [len(d) for _, _, d, _ in logger.tables] == [T, 2 * T, T]  # rows since last table
     probe_steps = [s for s, m in logger.metrics if "probe/decay_rate" in m]
     assert probe_steps == [0, 2, 4, 6]

@@ -328,3 +328,47 @@ def test_data_dir_lookup_order(where, tmp_path, monkeypatch):
                      save_config_callback=None, run=False,
                      args=["--config", str(config), *MNIST_FAKE])  # fmt: skip
     assert Path(cli.datamodule.data_dir) == expected
+
+
+def test_place_outputs_asks_the_callback_where_it_writes(tmp_path):
+    """A callback that implements RunDirOutput gets its folder inside the run directory and
+    the run's id; one that only has a ``dirname`` attribute is left as configured."""
+    from jsonargparse import Namespace
+
+    from seqnorm.rundir import RunDirOutput, place_outputs
+
+    mod = tmp_path / "usercb.py"
+    mod.write_text(
+        "import pytorch_lightning as pl\n"
+        "from seqnorm.rundir import RunDirOutput\n"
+        "class Mine(pl.Callback, RunDirOutput):\n"
+        "    @classmethod\n"
+        "    def run_subdir(cls):\n"
+        "        return 'mine'\n"
+        "    def __init__(self, dirpath=None, run_id=None):\n"
+        "        self.dirpath, self.run_id = dirpath, run_id\n"
+        "class Named(pl.Callback):\n"
+        "    dirname = 'named'\n"
+        "    def __init__(self, dirpath=None, run_id=None):\n"
+        "        self.dirpath, self.run_id = dirpath, run_id\n"
+    )
+    sys.path.insert(0, str(tmp_path))
+    try:
+        entry = {"dirpath": None, "run_id": None}
+        cfg = Namespace(trainer=Namespace(logger=None, callbacks=[
+            Namespace(class_path="usercb.Mine", init_args=Namespace(**entry)),
+            Namespace(class_path="usercb.Named", init_args=Namespace(**entry)),
+            Namespace(class_path="seqnorm.callbacks.SpectrumMonitor",
+                      init_args=Namespace(**entry)),
+        ]))  # fmt: skip
+        run_dir = tmp_path / "runs" / "version_0"
+        place_outputs(cfg, run_dir, tmp_path / "runs", "abc123")
+        mine, named, spectrum = (c.init_args for c in cfg.trainer.callbacks)
+        assert (mine.dirpath, mine.run_id) == (str(run_dir / "mine"), "abc123")
+        assert (named.dirpath, named.run_id) == (None, None)
+        assert (spectrum.dirpath, spectrum.run_id) == (str(run_dir / "spectrum"), "abc123")
+        with pytest.raises(NotImplementedError, match="must implement run_subdir"):
+            RunDirOutput.run_subdir()
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("usercb", None)

@@ -146,7 +146,7 @@ def test_copy_dataset_errors(kwargs: dict, match: str) -> None:
 def test_copy_datamodule() -> None:
     dm = CopyMemoryDataModule(seq_len=5, batch_size=4, num_train=10, num_val=6, num_test=3)
     assert (dm.input_kind, dm.input_dim, dm.output_kind) == ("tokens", 10, "per_step_class")
-    assert (dm.num_classes, dm.seq_len) == (9, 25)
+    assert (dm.num_classes, dm.input_len, dm.delay) == (9, 25, 5)
     dm.setup("fit")
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == y.shape == (4, 25) and x.dtype == y.dtype == torch.long
@@ -613,3 +613,35 @@ def test_mnist_datamodule_finds_data_in_seqnorm_data(
     dm = SequentialMNISTDataModule(data_dir="data/mnist", val_size=5, download=False)
     dm.setup("fit")
     assert dm.data_dir == str(tmp_path / "shelf/mnist") and len(dm.val_dataset) == 5
+
+
+def test_copy_seq_len_says_one_thing() -> None:
+    """The DataModule's seq_len is deprecated where it meant T + 20; every module has
+    input_len, the full input length, and the dataset agrees."""
+    dm = CopyMemoryDataModule(seq_len=5)
+    ds = CopyMemoryDataset(seq_len=5, size=2)
+    assert (ds.seq_len, ds.input_len, dm.delay, dm.input_len) == (5, 25, 5, 25)
+    with pytest.warns(FutureWarning, match=r"seq_len reads the input length T \+ 20 = 25"):
+        assert dm.seq_len == 25  # the old meaning, still
+    assert AddingDataModule(seq_len=12).input_len == 12
+
+
+def test_load_mnist_and_the_one_data_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from seqnorm.data import default_mnist_dir, load_mnist
+
+    (tmp_path / "shelf" / "mnist").mkdir(parents=True)
+    write_tiny_mnist(tmp_path / "shelf" / "mnist")
+    images, labels = load_mnist(tmp_path / "shelf" / "mnist", "test")
+    assert images.shape == (8, 28, 28) and labels.tolist() == [i % 10 for i in range(8)]
+    with pytest.raises(ValueError, match="split must be 'train' or 'test', got 'val'"):
+        load_mnist(tmp_path / "shelf" / "mnist", "val")
+    monkeypatch.delenv("SEQNORM_MNIST_DIR", raising=False)
+    monkeypatch.setenv("SEQNORM_DATA", str(tmp_path / "shelf"))
+    assert default_mnist_dir() == tmp_path / "shelf" / "mnist"
+    assert load_mnist("data/mnist", "train")[0].shape == (20, 28, 28)  # $SEQNORM_DATA/mnist
+    monkeypatch.delenv("SEQNORM_DATA")
+    monkeypatch.setenv("SEQNORM_MNIST_DIR", str(tmp_path / "elsewhere"))
+    with pytest.warns(FutureWarning, match="SEQNORM_MNIST_DIR is deprecated: set SEQNORM_DATA"):
+        assert default_mnist_dir() == tmp_path / "elsewhere"

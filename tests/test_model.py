@@ -199,3 +199,93 @@ def test_ten_thousand_steps_train(tbptt_steps):
     assert trainer.global_step == 2
     assert torch.isfinite(trainer.callback_metrics["val/loss"])
     assert not torch.equal(model.rnn.parametrizations.weight_hh_l0.original, before)
+
+
+class _PenaltyOnly(SeqModel):
+    """No task gradient: every update comes from the spectral penalty alone."""
+
+    def loss(self, output, target):
+        return super().loss(output, target) * 0.0
+
+
+@pytest.mark.parametrize("tbptt_steps", [None, 5])
+def test_spectral_penalty_applies_under_tbptt(tbptt_steps):
+    """The penalty enters every chunk's loss: sigma_max moves towards 1, the same per
+    optimiser step as with full backpropagation through time."""
+    pl.seed_everything(0)
+    dm = CopyMemoryDataModule(seq_len=6, batch_size=4, num_train=8, num_val=4)  # 26 steps
+    model = _PenaltyOnly.from_datamodule(
+        dm, hidden_size=8, constraint="none", spectral_penalty=1.0, tbptt_steps=tbptt_steps,
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.05),
+    )  # fmt: skip
+    with torch.no_grad():
+        model.rnn.weight_hh_l0.mul_(3.0)  # constraint "none": a plain parameter
+    before = model.penalty().item()
+    trainer = _trainer(max_steps=6, limit_val_batches=0)
+    trainer.fit(model, dm)
+    assert trainer.global_step == 6  # six optimiser steps either way (1 batch x 6 chunks)
+    after = model.penalty().item()
+    assert after < 0.9 * before, (before, after)
+
+
+def test_tbptt_with_input_projection_trains():
+    dm = AddingDataModule(seq_len=12, batch_size=4, num_train=8, num_val=4)
+    model = SeqModel.from_datamodule(dm, hidden_size=8, tbptt_steps=5, input_projection=True)
+    trainer = _trainer(max_steps=2, limit_val_batches=0)
+    trainer.fit(model, dm)
+    assert trainer.global_step == 2
+
+
+@pytest.mark.parametrize("cell, proj", [("gru", 0), ("lstm", 0), ("lstm", 3)])
+@pytest.mark.parametrize("output_kind", ["per_step_class", "last_class", "last_regression"])
+def test_bidirectional_and_proj_size_size_the_readout(cell, proj, output_kind):
+    num_classes = 1 if output_kind == "last_regression" else 4
+    model = SeqModel(cell=cell, hidden_size=6, proj_size=proj, bidirectional=True, input_dim=2,
+                     output_kind=output_kind, num_classes=num_classes)  # fmt: skip
+    assert model.readout.in_features == 2 * (proj or 6)
+    x = torch.rand(3, 7, 2)
+    out = model(x)
+    shape = {"per_step_class": (3, 7, 4), "last_class": (3, 4), "last_regression": (3,)}
+    assert out.shape == shape[output_kind]
+    assert sorted(model.sigma_max()) == sorted(
+        f"{u}/{g}" for u in ("l0", "l0_reverse") for g in model.rnn.gate_names
+    )
+    out.sum().backward()
+    assert model.rnn.weight_ih_l0_reverse.grad.abs().sum() > 0
+
+
+def test_bidirectional_last_step_reads_the_backward_direction_at_the_first_step():
+    """The backward direction's summary of the whole sequence is its output at t = 0: a
+    change of the first input must reach the last-step readout through it."""
+    torch.manual_seed(0)
+    model = SeqModel(cell="gru", hidden_size=5, bidirectional=True, input_dim=1,
+                     output_kind="last_regression", num_classes=1).eval()  # fmt: skip
+    with torch.no_grad():
+        model.readout.weight[:, :5] = 0.0  # read the backward direction only
+    x = torch.rand(2, 9, 1)
+    y = x.clone()
+    y[:, 0] += 1.0
+    assert not torch.allclose(model(x), model(y))
+
+
+def test_bidirectional_and_proj_size_checked():
+    with pytest.raises(ValueError, match="proj_size is for cell 'lstm' only, got cell 'gru'"):
+        SeqModel(cell="gru", proj_size=2)
+    with pytest.raises(ValueError, match="tbptt_steps needs a unidirectional layer"):
+        SeqModel(bidirectional=True, tbptt_steps=4)
+
+
+def test_gate_names_come_from_the_layer_and_the_old_table_warns():
+    import seqnorm.model
+
+    with pytest.warns(FutureWarning, match="GATE_NAMES is deprecated"):
+        table = seqnorm.model.GATE_NAMES
+    for cell, cls in seqnorm.model.CELLS.items():
+        assert table[cell] == cls(1, 1).gate_names
+
+
+def test_the_model_guards_itself_unless_told_not_to():
+    from seqnorm.guards import NonFiniteGuard
+
+    assert [type(c) for c in SeqModel().configure_callbacks()] == [NonFiniteGuard]
+    assert SeqModel(stop_on_nonfinite=False).configure_callbacks() == []

@@ -3,7 +3,8 @@
 Every DataModule exposes what the model needs to wire itself up, so it is typed once:
 ``input_kind`` (``"tokens"`` or ``"features"``), ``input_dim``, ``output_kind``
 (``"per_step_class"``, ``"last_regression"`` or ``"last_class"``), ``num_classes``,
-``seq_len`` (the full input length) and ``baseline`` (the loss of a memoryless predictor,
+``input_len`` (the full input length; ``seq_len`` is each task's own length setting, the
+delay ``T`` for copy memory) and ``baseline`` (the loss of a memoryless predictor,
 or ``None``). Batches are batch-first.
 
 =====================  ==================  =================  ==================
@@ -28,6 +29,8 @@ from seqnorm.data.mnist import (
     MNISTSequenceDataset,
     PermutedMNISTDataModule,
     SequentialMNISTDataModule,
+    default_mnist_dir,
+    load_mnist,
     mnist_permutation,
     prepare_mnist,
     read_idx,
@@ -48,6 +51,8 @@ __all__ = [
     "SyntheticDataModule",
     "copy_baseline",
     "data_dir_candidates",
+    "default_mnist_dir",
+    "load_mnist",
     "mnist_permutation",
     "prepare_mnist",
     "read_idx",

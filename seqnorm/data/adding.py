@@ -101,6 +101,7 @@ class AddingDataModule(SyntheticDataModule):
         output_kind: ``"last_regression"``.
         num_classes: 1 (one regression output).
         seq_len: ``T``.
+        input_len: ``T``, the full input length.
         baseline: ``1/6``, the MSE of always predicting 1.
     """
 
@@ -121,7 +122,7 @@ class AddingDataModule(SyntheticDataModule):
     ) -> None:
         length = check_int("seq_len", seq_len, 2)
         super().__init__(batch_size, num_train, num_val, num_test, seed, num_workers)
-        self.seq_len = length
+        self.seq_len = self.input_len = length
         self.baseline = ADDING_BASELINE
 
     def make_dataset(self, size: int, split: str) -> AddingDataset:

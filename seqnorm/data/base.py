@@ -38,8 +38,11 @@ class SequenceDataModule(pl.LightningDataModule):
         input_dim: vocabulary size or features per step.
         output_kind: ``"per_step_class"``, ``"last_class"`` or ``"last_regression"``.
         num_classes: classes of the readout (1 for regression).
-        seq_len: the full input length.
+        input_len: the full input length (steps per sample).
         baseline: the loss of a memoryless predictor, or ``None``.
+
+    ``seq_len`` is each task's own setting, as its constructor takes it (copy memory: the
+    delay ``T``; adding: ``T``; MNIST: 784), and equals ``input_len`` except for copy memory.
     """
 
     input_kind: str
@@ -52,7 +55,7 @@ class SequenceDataModule(pl.LightningDataModule):
         self.batch_size = check_int("batch_size", batch_size, 1)
         self.num_workers = check_int("num_workers", num_workers, 0)
         self.shuffle_seed = check_seed(shuffle_seed)
-        self.seq_len: int = 0
+        self.input_len: int = 0
         self.baseline: float | None = None
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None

@@ -32,6 +32,7 @@ import struct
 import tempfile
 import urllib.error
 import urllib.request
+import warnings
 import zlib
 from pathlib import Path
 from typing import Any
@@ -51,10 +52,15 @@ __all__ = [
     "MNISTSequenceDataset",
     "PermutedMNISTDataModule",
     "SequentialMNISTDataModule",
+    "default_mnist_dir",
+    "load_mnist",
     "mnist_permutation",
     "prepare_mnist",
     "read_idx",
 ]
+
+#: The deprecated variable naming the MNIST folder itself (use ``SEQNORM_DATA``).
+LEGACY_MNIST_ENV = "SEQNORM_MNIST_DIR"
 
 #: Role -> (file name without ``.gz``, MD5 of the decompressed content).
 MNIST_FILES: dict[str, tuple[str, str]] = {
@@ -263,6 +269,49 @@ def prepare_mnist(data_dir: str | os.PathLike[str], download: bool = True) -> di
     )
 
 
+def load_mnist(
+    data_dir: str | os.PathLike[str], split: str, download: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """The official ``split`` of MNIST: uint8 images ``(N, 28, 28)`` and labels ``(N,)``.
+
+    Args:
+        data_dir: folder holding the four IDX files (raw or ``.gz``); relative folders are
+            resolved as :func:`seqnorm.data.resolve_data_dir` does (``$SEQNORM_DATA``, ...).
+        split: ``"train"`` (60,000 images) or ``"test"`` (10,000).
+        download: whether missing files may be downloaded (:func:`prepare_mnist`).
+
+    Raises:
+        ValueError: if ``split`` is neither ``"train"`` nor ``"test"``.
+        FileNotFoundError: if the files are missing (the message says where it looked).
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    paths = prepare_mnist(resolve_data_dir(data_dir), download=download)
+    return _load_pair(paths[f"{split}_images"], paths[f"{split}_labels"])
+
+
+def default_mnist_dir() -> Path:
+    """Where MNIST is when no folder is named: ``data/mnist`` resolved as every relative
+    ``data_dir`` is (``$SEQNORM_DATA/mnist`` first; :mod:`seqnorm.data.paths`).
+
+    The older variable ``SEQNORM_MNIST_DIR`` (the MNIST folder itself) still works when
+    ``SEQNORM_DATA`` is unset, with a ``FutureWarning``: set ``SEQNORM_DATA`` to the folder
+    that holds ``mnist/`` instead.
+    """
+    legacy = os.environ.get(LEGACY_MNIST_ENV)
+    if legacy:
+        warnings.warn(
+            f"{LEGACY_MNIST_ENV} is deprecated: set {DATA_ENV} to the folder that holds "
+            f"mnist/ ({DATA_ENV}={Path(legacy).parent}); "
+            + (f"{DATA_ENV} is set and wins" if os.environ.get(DATA_ENV) else "using it"),
+            FutureWarning,
+            stacklevel=2,
+        )
+        if not os.environ.get(DATA_ENV):
+            return Path(legacy).expanduser().absolute()
+    return resolve_data_dir("data/mnist")
+
+
 class MNISTSequenceDataset(Dataset):
     """MNIST images as ``(784, 1)`` float32 pixel sequences in ``[0, 1]``, optionally permuted.
 
@@ -358,6 +407,7 @@ class SequentialMNISTDataModule(SequenceDataModule):
         output_kind: ``"last_class"``.
         num_classes: 10.
         seq_len: 784.
+        input_len: 784, the full input length.
         baseline: ``None``.
         data_dir: the absolute folder used.
         permutation: the pixel permutation (numpy array) or ``None``.
@@ -388,7 +438,7 @@ class SequentialMNISTDataModule(SequenceDataModule):
         self.split_seed = self.shuffle_seed
         self.download = bool(download)
         self.limit_train = None if limit_train is None else check_int("limit_train", limit_train, 1)
-        self.seq_len = NUM_PIXELS
+        self.seq_len = self.input_len = NUM_PIXELS
         self.permutation: np.ndarray | None = (
             mnist_permutation(permutation_seed) if permute else None
         )
