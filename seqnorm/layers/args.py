@@ -2,9 +2,12 @@
 
 torch's recurrent layers raise ``TypeError`` for a wrongly typed flag or size, ``ValueError``
 for a bad value, and ``RuntimeError`` for an input or state of the wrong shape (the cells: a
-``ValueError`` for the wrong number of dimensions). seqnorm raises :class:`InputError` for
-every bad input: it is both a ``ValueError`` and a ``RuntimeError``, so code written against
-torch's layers catches it whichever of the two it expects, and the message can say more.
+``ValueError`` for the wrong number of dimensions). seqnorm raises the same types and, for the
+checks torch makes itself, a message that starts with torch's own (so that a regex written
+against torch's message matches seqnorm's), followed by seqnorm's guidance in parentheses.
+For a bad input or state seqnorm raises :class:`InputError`: it is both a ``ValueError`` and a
+``RuntimeError``, so code written against torch's layers catches it whichever of the two it
+expects.
 """
 
 from __future__ import annotations
@@ -12,6 +15,9 @@ from __future__ import annotations
 import numbers
 import warnings
 from collections.abc import Sequence
+
+import torch
+from torch import Tensor
 
 from ..constraints import check_constraint
 from .init import INITS
@@ -23,6 +29,7 @@ NONLINEARITIES = ("tanh", "relu", "modrelu")
 __all__ = [
     "NONLINEARITIES",
     "InputError",
+    "autocast_enabled",
     "check_dropout",
     "check_flag",
     "check_proj_size",
@@ -34,61 +41,110 @@ __all__ = [
 
 
 class InputError(ValueError, RuntimeError):
-    """A bad input or state for a seqnorm layer or cell (a shape, a dtype, a length), or a
-    size argument out of range.
+    """A bad input or state for a seqnorm layer or cell (a shape, a dtype, a length), a size
+    argument out of range, or an unknown nonlinearity.
 
     Both a ``ValueError`` and a ``RuntimeError``: torch's layers raise one or the other for
     the same mistakes, and ``except`` clauses written for either keep working.
     """
 
 
+def autocast_enabled(x: Tensor) -> bool:
+    """Whether autocast is on for ``x``'s device: torch's layers then skip their dtype check
+    (autocast casts), and so do seqnorm's."""
+    try:
+        return torch.is_autocast_enabled(x.device.type)
+    except TypeError:  # torch < 2.4 takes no device type
+        return torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def check_flag(name: str, value: object) -> None:
     """Raise ``TypeError`` unless ``value`` is a ``bool`` (torch: ``bias=0`` is an error)."""
     if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+        raise TypeError(
+            f"{name} should be of type bool, got: {type(value).__name__} "
+            f"({name}={value!r}: pass True or False)"
+        )
 
 
 def check_size(name: str, value: object, minimum: int = 1) -> None:
     """Raise ``TypeError`` unless ``value`` is an ``int``, :class:`InputError` if below
-    ``minimum``."""
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    ``minimum`` (1 for a layer, 0 for a cell)."""
+    if not _is_int(value):
+        raise TypeError(
+            f"{name} should be of type int, got: {type(value).__name__} ({name}={value!r})"
+        )
     if value < minimum:  # torch: ValueError for a layer, RuntimeError (from torch.empty) for a cell
-        what = "a positive int" if minimum == 1 else f"an int >= {minimum}"
-        raise InputError(f"{name} must be {what}, got {value}")
+        bound = {0: "greater than or equal to zero", 1: "greater than zero"}
+        raise InputError(f"{name} must be {bound.get(minimum, f'>= {minimum}')}, got {value}")
 
 
 def check_dropout(dropout: object, num_layers: int) -> None:
     """torch's rules: a number in ``[0, 1]``; a warning when there is no layer to drop after."""
     if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout <= 1:
-        raise ValueError(f"dropout must be a number in [0, 1], got {dropout!r}")
+        raise ValueError(
+            f"dropout should be a number in range [0, 1] representing the probability of an "
+            f"element being zeroed (got dropout={dropout!r})"
+        )
     if dropout > 0 and num_layers == 1:
         warnings.warn(
-            f"dropout acts between stacked layers only, so dropout={dropout} with "
-            f"num_layers=1 has no effect",
+            f"dropout option adds dropout after all but last recurrent layer, so non-zero "
+            f"dropout expects num_layers greater than 1, but got dropout={dropout} and "
+            f"num_layers={num_layers} (dropout acts between stacked layers only: here it has "
+            f"no effect)",
             UserWarning,
             stacklevel=4,
         )
 
 
-def check_proj_size(mode: str, proj_size: object, hidden_size: int) -> None:
-    """``proj_size``: an int in ``[0, hidden_size)``, non-zero for an LSTM only."""
-    check_size("proj_size", proj_size, minimum=0)
-    if proj_size and mode != "lstm":
-        raise ValueError(
-            f"proj_size is only supported by SpectralLSTM (as by torch.nn.LSTM), "
-            f"got proj_size={proj_size} for mode {mode!r}"
+def check_proj_size(mode: str, proj_size: object, hidden_size: object) -> None:
+    """``proj_size``: an int in ``[0, hidden_size)``, non-zero for an LSTM only.
+
+    torch's RNN and GRU refuse the keyword itself; seqnorm's accept ``proj_size=0`` (the
+    default), so that tools which pass every default (LightningCLI) can build them.
+    """
+    if mode != "lstm":
+        if not (_is_int(proj_size) and proj_size == 0):
+            raise ValueError(
+                f"proj_size argument is only supported for LSTM, not RNN or GRU (got "
+                f"proj_size={proj_size!r} for mode {mode!r}: use SpectralLSTM, or proj_size=0)"
+            )
+        return
+    if not _is_int(proj_size):
+        raise TypeError(
+            f"proj_size should be of type int, got: {type(proj_size).__name__} "
+            f"(proj_size={proj_size!r})"
         )
-    if proj_size and proj_size >= hidden_size:
+    if proj_size < 0:
         raise ValueError(
-            f"proj_size must be smaller than hidden_size={hidden_size}, got {proj_size}"
+            f"proj_size should be a positive integer or zero to disable projections "
+            f"(got proj_size={proj_size})"
+        )
+    if proj_size and _is_int(hidden_size) and proj_size >= hidden_size:
+        raise ValueError(
+            f"proj_size has to be smaller than hidden_size (got proj_size={proj_size}, "
+            f"hidden_size={hidden_size})"
         )
 
 
 def mode_of(nonlinearity: str) -> str:
-    """The mode of an Elman layer or cell with this ``nonlinearity``."""
+    """The mode of an Elman layer or cell with this ``nonlinearity``.
+
+    Raises:
+        InputError: for an unknown one (torch: ``ValueError`` from ``nn.RNN``,
+            ``RuntimeError`` from ``nn.RNNCell``'s forward; seqnorm's cells refuse it at
+            construction).
+    """
     if nonlinearity not in NONLINEARITIES:
-        raise ValueError(f"nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}")
+        choices = ", ".join(repr(n) for n in NONLINEARITIES[:-1]) + f" or {NONLINEARITIES[-1]!r}"
+        raise InputError(
+            f"Unknown nonlinearity {nonlinearity!r}. Select from {choices} (modrelu: "
+            f"sign(z) * relu(|z| + b) with a learnable bias b per unit)"
+        )
     return f"rnn_{nonlinearity}"
 
 

@@ -12,7 +12,14 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence
 
 from . import paths
-from .args import InputError, check_dropout, check_flag, check_proj_size, check_size
+from .args import (
+    InputError,
+    autocast_enabled,
+    check_dropout,
+    check_flag,
+    check_proj_size,
+    check_size,
+)
 from .module import RecurrentModule
 from .steps import State
 
@@ -134,32 +141,50 @@ class RecurrentLayer(RecurrentModule):
             self._records = None
 
     # -- input checking -------------------------------------------------------------------
+    # torch's checks, in torch's order and with torch's messages (nn.RNN/GRU/LSTM.forward and
+    # RNNBase.check_forward_args), each followed by seqnorm's guidance in parentheses.
     def _check_input(self, x: Any, packed: bool) -> None:
         if not isinstance(x, Tensor):
             raise TypeError(f"input must be a Tensor or a PackedSequence, got {type(x).__name__}")
-        dims = (2,) if packed else (2, 3)
-        if x.dim() not in dims:
-            what = "packed data must be 2-D (N, input_size)" if packed else (
-                "input must be 2-D (unbatched: T, input_size) or 3-D (batched)")  # fmt: skip
-            raise InputError(f"{what}, got {x.dim()}-D with shape {tuple(x.shape)}")
-        if x.shape[-1] != self.input_size:
+        name, shape = self.torch_class.__name__, tuple(x.shape)
+        ours = parametrize.type_before_parametrizations(self).__name__
+        if packed and x.dim() != 2:
             raise InputError(
-                f"input.size(-1) must equal input_size={self.input_size}, "
-                f"got shape {tuple(x.shape)}"
+                f"input must have 2 dimensions, got {x.dim()} (the data of a PackedSequence "
+                f"is (N, input_size), got shape {shape})"
+            )
+        if not packed and x.dim() not in (2, 3):
+            tensor = " tensor" if name == "RNN" else ""  # torch's RNN says "4D tensor instead"
+            raise InputError(
+                f"{name}: Expected input to be 2D or 3D, got {x.dim()}D{tensor} instead "
+                f"({ours} takes (T, B, input_size), (B, T, input_size) with batch_first, or "
+                f"unbatched (T, input_size); got shape {shape})"
             )
         dtype = self.weight_ih_l0.dtype
         if not x.is_floating_point():
-            raise InputError(f"input must be a floating-point tensor ({dtype}), got {x.dtype}")
-        if x.dtype != dtype:
             raise InputError(
-                f"input dtype ({x.dtype}) does not match the layer's weight dtype ({dtype}). "
+                f"RNN input dtype ({x.dtype}) does not match weight dtype ({dtype}). Convert "
+                f"input: input.to({dtype}) (a recurrent layer takes floating-point input)"
+            )
+        if x.dtype != dtype and not autocast_enabled(x):  # torch: autocast casts, it is no error
+            raise InputError(
+                f"RNN input dtype ({x.dtype}) does not match weight dtype ({dtype}). "
                 f"Convert input: input.to({dtype}), or convert model: model.to({x.dtype})"
+            )
+        if x.shape[-1] != self.input_size:
+            raise InputError(
+                f"input.size(-1) must be equal to input_size. Expected {self.input_size}, "
+                f"got {x.shape[-1]} (input shape {shape})"
             )
         if not packed and x.shape[0 if x.dim() == 2 or not self.batch_first else 1] == 0:
             raise InputError("Expected sequence length to be larger than 0 in RNN")
 
     def _initial_state(self, hx: Any, x: Tensor, B: int, batched: bool) -> State:
-        """``hx`` checked and batched ``(L*D, B, ·)``, or zeros."""
+        """``hx`` checked and batched ``(L*D, B, ·)``, or zeros.
+
+        ``x`` is the input as the layer runs it, ``(T, B, I)``, or packed data ``(N, I)``
+        (``batched`` is then True); ``batched`` says whether the caller's input was.
+        """
         LD, H, R = self.num_layers * self.num_directions, self.hidden_size, self.proj_size
         shapes = {"h_0": (LD, B, R or H), "c_0": (LD, B, H)}
         lstm = self.spec.cell_state
@@ -170,20 +195,40 @@ class RecurrentLayer(RecurrentModule):
             raise TypeError(f"hx must be a tuple (h_0, c_0) for an LSTM, got {type(hx).__name__}")
         if not lstm and isinstance(hx, (tuple, list)):
             raise TypeError("hx must be a Tensor h_0 (a tuple is only for an LSTM)")
-
-        def fix(t: Any, what: str) -> Tensor:
+        parts = {"h_0": hx[0], "c_0": hx[1]} if lstm else {"hx": hx}
+        for what, t in parts.items():
             if not isinstance(t, Tensor):
                 raise TypeError(f"{what} must be a Tensor, got {type(t).__name__}")
-            want = shapes["c_0" if what == "c_0" else "h_0"]
-            want = want if batched else want[::2]
-            if tuple(t.shape) != want:
-                dims = f"num_layers * num_directions, {'batch, ' if batched else ''}features"
-                raise InputError(f"{what} must have shape {want} ({dims}), got {tuple(t.shape)}")
-            if t.dtype != x.dtype:
-                raise InputError(f"{what} dtype ({t.dtype}) must match the input's ({x.dtype})")
-            return t if batched else t.unsqueeze(1)
+        want_dim = 3 if batched else 2
+        packed = x.dim() == 2
+        if not packed and any(t.dim() != want_dim for t in parts.values()):
+            kind = "batched 3-D" if batched else "unbatched 2-D"
+            dims = ", ".join(f"{t.dim()}-D" for t in parts.values())
+            got = f"({dims}) tensors" if lstm else f"{dims} tensor"
+            shown = ", ".join(f"{k} {tuple(t.shape)}" for k, t in parts.items())
+            raise InputError(
+                f"For {kind} input, hx {'and cx ' if lstm else ''}should also be "
+                f"{want_dim}-D but got {got} (got {shown})"
+            )
 
-        return (fix(hx[0], "h_0"), fix(hx[1], "c_0")) if lstm else fix(hx, "hx")
+        def fix(t: Tensor, what: str, index: str) -> Tensor:
+            want = shapes["c_0" if what == "c_0" else "h_0"]
+            tb = t if batched or t.dim() != 2 else t.unsqueeze(1)  # torch compares batched
+            if tuple(tb.shape) != want:
+                unbatched = "" if batched else f"; unbatched: {want[::2]}"
+                raise InputError(
+                    f"Expected hidden{index} size {want}, got {list(tb.shape)} ({what} must "
+                    f"have shape {want} (num_layers * num_directions, batch, "
+                    f"{'hidden_size' if what == 'c_0' or not R else 'proj_size'}){unbatched}; "
+                    f"got {tuple(t.shape)})"
+                )
+            if t.dtype != x.dtype and not autocast_enabled(x):
+                raise InputError(f"{what} dtype ({t.dtype}) must match the input's ({x.dtype})")
+            return tb
+
+        if lstm:
+            return fix(parts["h_0"], "h_0", "[0]"), fix(parts["c_0"], "c_0", "[1]")
+        return fix(parts["hx"], "hx", "")
 
     # -- forward --------------------------------------------------------------------------
     def forward(

@@ -6,8 +6,9 @@ from typing import Any
 
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.nn.utils import parametrize
 
-from .args import InputError, mode_of
+from .args import InputError, autocast_enabled, mode_of
 from .module import RecurrentModule
 from .steps import State
 
@@ -30,49 +31,77 @@ class RecurrentCell(RecurrentModule):
         return [("", self.input_size)]
 
     def _check(self, x: Any, hx: State | None) -> tuple[Tensor, State, bool]:
+        """torch's checks, in torch's order and with torch's messages (``nn.RNNCell/GRUCell/
+        LSTMCell.forward`` and the kernels' ``check_rnn_cell_forward_*``), each followed by
+        seqnorm's guidance in parentheses."""
         if not isinstance(x, Tensor):
             raise TypeError(f"input must be a Tensor, got {type(x).__name__}")
+        name, lstm = self.torch_class.__name__, self.spec.cell_state
+        ours = parametrize.type_before_parametrizations(self).__name__
         if x.dim() not in (1, 2):
             raise InputError(
-                f"input must be 1-D (unbatched: input_size) or 2-D (batch, input_size), "
-                f"got {x.dim()}-D with shape {tuple(x.shape)}"
+                f"{name}: Expected input to be 1D or 2D, got {x.dim()}D instead "
+                f"({ours} takes (batch, input_size) or unbatched (input_size,); got shape "
+                f"{tuple(x.shape)})"
             )
-        if x.shape[-1] != self.input_size:
+        if lstm and hx is not None and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+            raise TypeError(f"hx must be a tuple (h, c) for an LSTM cell, got {type(hx).__name__}")
+        if not lstm and isinstance(hx, (tuple, list)):
+            raise TypeError("hx must be a Tensor (a tuple is only for an LSTM cell)")
+        parts = [] if hx is None else (list(hx) if lstm else [hx])
+        for idx, t in enumerate(parts):
+            what = f"hx[{idx}]" if lstm else "hidden"
+            if not isinstance(t, Tensor):
+                raise TypeError(f"{what} must be a Tensor, got {type(t).__name__}")
+            if t.dim() not in (1, 2):
+                raise InputError(
+                    f"{name}: Expected {what} to be 1D or 2D, got {t.dim()}D instead (the "
+                    f"state is (batch, hidden_size), unbatched (hidden_size,); got shape "
+                    f"{tuple(t.shape)})"
+                )
+        dtype = self.weight_ih.dtype
+        if not x.is_floating_point():
             raise InputError(
-                f"input.size(-1) must equal input_size={self.input_size}, "
-                f"got shape {tuple(x.shape)}"
+                f"input dtype ({x.dtype}) does not match weight dtype ({dtype}). Convert "
+                f"input: input.to({dtype}) (a recurrent cell takes floating-point input)"
             )
-        if x.dtype != self.weight_ih.dtype:
+        if x.dtype != dtype and not autocast_enabled(x):
             raise InputError(
-                f"input dtype ({x.dtype}) does not match the cell's weight dtype "
-                f"({self.weight_ih.dtype}). Convert input: input.to({self.weight_ih.dtype}), "
-                f"or convert model: model.to({x.dtype})"
+                f"input dtype ({x.dtype}) does not match weight dtype ({dtype}). Convert "
+                f"input: input.to({dtype}), or convert model: model.to({x.dtype})"
             )
         batched = x.dim() == 2
         x = x if batched else x.unsqueeze(0)  # (B, I)
+        if x.shape[1] != self.input_size:
+            raise InputError(
+                f"input has inconsistent input_size: got {x.shape[1]} expected "
+                f"{self.input_size} (input shape {tuple(x.shape) if batched else x.shape[1:]})"
+            )
+        if not parts:
+            zeros = x.new_zeros(x.shape[0], self.hidden_size)  # (B, H)
+            return x, ((zeros, zeros) if lstm else zeros), batched
         want = (x.shape[0], self.hidden_size) if batched else (self.hidden_size,)
-
-        def fix(t: Any, what: str) -> Tensor:
-            if t is None:
-                return x.new_zeros(x.shape[0], self.hidden_size)
-            if not isinstance(t, Tensor):
-                raise TypeError(f"{what} must be a Tensor, got {type(t).__name__}")
-            if tuple(t.shape) != want:
-                raise InputError(f"{what} must have shape {want}, got {tuple(t.shape)}")
-            if t.dtype != x.dtype:
-                raise InputError(f"{what} dtype ({t.dtype}) must match the input's ({x.dtype})")
-            return t if batched else t.unsqueeze(0)
-
-        if self.spec.cell_state:
-            if hx is not None and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
-                raise TypeError(
-                    f"hx must be a tuple (h, c) for an LSTM cell, got {type(hx).__name__}"
+        states = []
+        for idx, t in enumerate(parts):
+            tb = t if batched else t.unsqueeze(0)  # torch compares batched
+            shape = f"{'h' if idx == 0 else 'c'} must have shape {want}" if lstm else (
+                f"hx must have shape {want}")  # fmt: skip
+            if tb.shape[0] != x.shape[0]:
+                raise InputError(
+                    f"Input batch size {x.shape[0]} doesn't match hidden{idx} batch size "
+                    f"{tb.shape[0]} ({shape}, got {tuple(t.shape)})"
                 )
-            h, c = (None, None) if hx is None else hx
-            return x, (fix(h, "h"), fix(c, "c")), batched
-        if isinstance(hx, (tuple, list)):
-            raise TypeError("hx must be a Tensor (a tuple is only for an LSTM cell)")
-        return x, fix(hx, "hx"), batched
+            if tb.dim() > 1 and tb.shape[1] != self.hidden_size:
+                raise InputError(
+                    f"hidden{idx} has inconsistent hidden_size: got {tb.shape[1]}, expected "
+                    f"{self.hidden_size} ({shape}, got {tuple(t.shape)})"
+                )
+            if tuple(t.shape) != want:  # passes torch's two checks, but 1-D/2-D mixed up
+                raise InputError(f"{shape}, got {tuple(t.shape)}")
+            if t.dtype != x.dtype and not autocast_enabled(x):
+                raise InputError(f"hx dtype ({t.dtype}) must match the input's ({x.dtype})")
+            states.append(tb)
+        return x, (tuple(states) if lstm else states[0]), batched
 
     def forward(self, input: Tensor, hx: State | None = None) -> State:
         """One time step.
