@@ -11,7 +11,7 @@ from torch import Tensor
 from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence
 
-from . import paths
+from . import export, paths
 from .args import InputError, check_dropout, check_flag, check_proj_size, check_size
 from .module import RecurrentModule
 from .steps import State
@@ -205,12 +205,6 @@ class RecurrentLayer(RecurrentModule):
             output ``(T, B, D*R)`` (a ``PackedSequence`` for packed input), ``h_n`` the state
             of every unit at each sequence's own last step.
         """
-        if torch.jit.is_tracing():
-            raise RuntimeError(
-                f"{type(self).__name__} cannot be traced (its constraint is a cached "
-                f"parametrization): trace layer.to_torch(), a plain {self.torch_class.__name__} "
-                f"with the constrained weights"
-            )
         packed = isinstance(input, PackedSequence)
         if packed:
             data, batch_sizes, sorted_idx, unsorted_idx = input  # data (N, I)
@@ -241,8 +235,14 @@ class RecurrentLayer(RecurrentModule):
         layout = paths.Layout(self.mode, self.num_layers, self.num_directions, self.bias,
                               self.proj_size > 0, self.dropout, self.training)  # fmt: skip
         modrelu = self.mode == "rnn_modrelu"
-        # modReLU's own kernel takes equal lengths only: packed modReLU input runs unrolled.
-        fused = not (self.unroll or self.is_recording or (modrelu and batch_sizes is not None))
+        # modReLU's own kernel takes equal lengths only: packed modReLU input runs unrolled;
+        # traced or exported, it runs its step ops (an autograd Function does not export),
+        # as does an LSTM with projections for ONNX (whose LSTM op has no projection).
+        step_ops = modrelu or (self.proj_size > 0 and torch.onnx.is_in_onnx_export())
+        fused = not (self.unroll or self.is_recording or (modrelu and batch_sizes is not None)
+                     or (step_ops and export.capturing()))  # fmt: skip
+        if not self.training:
+            export.remember(self)  # the real tensors a later torch.export computes from
         with parametrize.cached():  # constrained matrices computed once for this call
             flat = self._flat_weights
             if fused and not modrelu:

@@ -87,7 +87,8 @@ class RecurrentCell(RecurrentModule):
         x, state, batched = self._check(input, hx)
         gi = F.linear(x, self.weight_ih, self.bias_ih)  # (B, G*H)
         extra = (self.modrelu_bias,) if self.mode == "rnn_modrelu" else ()
-        out = STEPS[self.mode](gi, state, self.weight_hh, self.bias_hh, *extra)
+        w_hh = self._flat_weights[1]  # weight_hh; a constant when traced or exported
+        out = STEPS[self.mode](gi, state, w_hh, self.bias_hh, *extra)
         if batched:
             return out
         return tuple(o.squeeze(0) for o in out) if self.mode == "lstm" else out.squeeze(0)

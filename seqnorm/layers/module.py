@@ -16,8 +16,9 @@ from torch import Tensor, nn
 
 from ..constraints import constrain
 from ..linalg import as_blocks
+from . import export, serialize
 from .args import check_flag, check_recurrent_init, check_size, gate_indices
-from .convert import load_from_torch, torch_twin
+from .convert import load_from_torch, load_plain_weights, torch_twin
 from .init import chrono_init_, init_recurrent_
 from .projection import constrain_projected
 from .steps import GATE_NAMES, GATES
@@ -162,8 +163,31 @@ class RecurrentModule(nn.Module):
 
     @property
     def _flat_weights(self) -> list[Tensor]:
-        """The weights in torch's flat order; ``weight_hh`` is the constrained matrix."""
+        """The weights in torch's flat order; ``weight_hh`` is the constrained matrix (a
+        constant computed outside the graph when traced or exported: :mod:`.export`)."""
+        if export.capturing():
+            return export.constant_weights(self, self._flat_weights_names)
         return [getattr(self, n) for n in self._flat_weights_names]
+
+    # -- pickling, copying, loading ---------------------------------------------------------
+    def __reduce_ex__(self, protocol: int) -> tuple[Any, ...]:
+        """Pickle (and ``torch.save``) as a rebuild from the constructor arguments and the
+        ``state_dict`` (see :mod:`.serialize`): torch cannot pickle a parametrized module."""
+        return serialize.reduce_module(self)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> RecurrentModule:
+        return serialize.deepcopy_module(self, memo)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str,
+                              *args: Any) -> None:  # fmt: skip
+        load_plain_weights(self, state_dict, prefix)  # torch's keys: weight_hh_l0, ...
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    def train(self: M, mode: bool = True) -> M:
+        super().train(mode)
+        if not mode:
+            export.remember(self)
+        return self
 
     @property
     def all_weights(self) -> list[list[Tensor]]:
@@ -175,8 +199,9 @@ class RecurrentModule(nn.Module):
         raise RuntimeError(
             f"{type(self).__name__} cannot be scripted: torch.jit.script does not support "
             f"parametrized modules (the constraint on weight_hh is a parametrization). "
-            f"Use torch.compile(module), or export module.to_torch(), a plain "
-            f"{self.torch_class.__name__} with the constrained weights (torch.jit.trace it)"
+            f"In eval mode, torch.jit.trace, torch.export.export and torch.onnx.export "
+            f"work on the module; or script module.to_torch(), a plain "
+            f"{self.torch_class.__name__} with the constrained weights"
         )
 
     def to_torch(self) -> nn.Module:
