@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from .module import RecurrentModule
 
 __all__ = [
+    "base_class",
     "from_torch",
     "load_from_torch",
     "load_plain_weights",
@@ -51,6 +52,14 @@ def _seqnorm_class(torch_class: type[nn.Module]) -> type[RecurrentModule]:
     table = {c.torch_class: c for c in (SpectralRNN, SpectralGRU, SpectralLSTM, SpectralRNNCell,
                                         SpectralGRUCell, SpectralLSTMCell)}  # fmt: skip
     return table.get(torch_class)  # type: ignore[return-value]
+
+
+def base_class(module: nn.Module) -> type[nn.Module]:
+    """``module``'s class, not the one torch's parametrize creates on top of it."""
+    cls = type(module)
+    while cls.__module__ == parametrize.__name__:
+        cls = cls.__bases__[0]
+    return cls
 
 
 def _is_layer(module: nn.Module) -> bool:
@@ -108,7 +117,8 @@ def set_weight(module: nn.Module, name: str, value: Tensor) -> None:
         getattr(module, name).copy_(value)
         return
     plist = module.parametrizations[name]
-    value = value.to(device=plist.original.device, dtype=plist.original.dtype)
+    ref = plist.original if hasattr(plist, "original") else plist.original0
+    value = value.to(device=ref.device, dtype=ref.dtype)
     if all(hasattr(p, "right_inverse") for p in plist):
         setattr(module, name, value)
         return
@@ -127,7 +137,7 @@ def torch_twin(module: RecurrentModule) -> nn.Module:
     """
     if module.mode == "rnn_modrelu":
         raise ValueError(
-            f"{type(module).__name__} with nonlinearity='modrelu' has no torch equivalent "
+            f"{base_class(module).__name__} with nonlinearity='modrelu' has no torch equivalent "
             f"(torch's RNNs know tanh and relu only)"
         )
     ref = _reference(module)
@@ -227,7 +237,7 @@ def to_torch(model: nn.Module) -> nn.Module:
     def convert(path: str, m: nn.Module) -> nn.Module:
         if m.mode == "rnn_modrelu":
             raise ValueError(
-                f"{path} ({type(m).__name__}, nonlinearity='modrelu') has no torch "
+                f"{path} ({base_class(m).__name__}, nonlinearity='modrelu') has no torch "
                 f"equivalent (torch's RNNs know tanh and relu only): it cannot be converted"
             )
         return torch_twin(m)
@@ -255,7 +265,7 @@ def torch_state_dict(model: nn.Module) -> OrderedDict[str, Tensor]:
             continue
         if m.mode == "rnn_modrelu":
             raise ValueError(
-                f"{path or '<root>'} ({type(m).__name__}, nonlinearity='modrelu') has no "
+                f"{path or '<root>'} ({base_class(m).__name__}, nonlinearity='modrelu') has no "
                 f"torch equivalent: its state has no torch keys"
             )
         prefix = f"{path}." if path else ""

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from .convert import no_global_rng
+from .convert import base_class, no_global_rng
 
 if TYPE_CHECKING:
     from .module import RecurrentModule
@@ -61,17 +61,9 @@ def _allowed_args(cls: type[RecurrentModule]) -> tuple[str, ...]:
     return own + SEQNORM_ARGS + (("nonlinearity",) if elman else ())
 
 
-def _base_class(module: nn.Module) -> type[RecurrentModule]:
-    """``module``'s class, not the one torch's parametrize creates on top of it."""
-    cls = type(module)
-    while cls.__module__ == torch.nn.utils.parametrize.__name__:
-        cls = cls.__bases__[0]
-    return cls
-
-
 def init_kwargs(module: RecurrentModule) -> dict[str, Any]:
     """The constructor arguments that rebuild ``module`` (its device and dtype aside)."""
-    cls = _base_class(module)
+    cls = base_class(module)
     kwargs = {a: getattr(module, a) for a in _allowed_args(cls) if hasattr(module, a)}
     if kwargs.get("constraint_options") is not None:
         kwargs["constraint_options"] = dict(kwargs["constraint_options"])
@@ -80,7 +72,7 @@ def init_kwargs(module: RecurrentModule) -> dict[str, Any]:
 
 def reduce_module(module: RecurrentModule) -> tuple[Any, ...]:
     """What ``module.__reduce_ex__`` returns: ``rebuild`` and its data arguments."""
-    cls = _base_class(module)
+    cls = base_class(module)
     known = classes()
     name: str | type = cls.__name__ if known.get(cls.__name__) is cls else cls
     extra: dict[str, Any] = {
