@@ -19,6 +19,7 @@ from .layers import (
     SpectralRNN,
     SpectralRNNCell,
 )
+from .layers.convert import from_torch, to_torch, torch_state_dict
 from .optim import constrained_parameters, param_groups
 
 __version__ = "0.1.0"
@@ -35,6 +36,9 @@ __all__ = [
     "cached",
     "constrain",
     "constrained_parameters",
+    "from_torch",
     "is_constrained",
     "param_groups",
+    "to_torch",
+    "torch_state_dict",
 ]

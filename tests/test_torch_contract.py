@@ -308,12 +308,9 @@ def test_pickle_and_deepcopy(kind):
     with torch.no_grad():  # the copy's projection is its own: the constraint reads it
         b.weight_hr_l0.mul_(3)
     assert not torch.allclose(a(x)[0], b(x)[0])
-    if kind == "none":
-        torch.testing.assert_close(pickle.loads(pickle.dumps(a))(x)[0], a(x)[0])
-    else:  # torch's parametrizations are not picklable; to_torch() is
-        with pytest.raises(RuntimeError, match="state_dict"):
-            pickle.dumps(a)
-        torch.testing.assert_close(pickle.loads(pickle.dumps(a.to_torch()))(x)[0], a(x)[0])
+    # torch cannot pickle parametrized modules; seqnorm's rebuild from their state
+    torch.testing.assert_close(pickle.loads(pickle.dumps(a))(x)[0], a(x)[0], atol=0, rtol=0)
+    torch.testing.assert_close(pickle.loads(pickle.dumps(a.to_torch()))(x)[0], a(x)[0])
 
 
 def test_cli_sees_every_argument():
@@ -383,19 +380,19 @@ def test_from_torch_and_to_torch_errors():
 
 
 @pytest.mark.parametrize(("ours", "theirs"), ALL, ids=IDS + [i + "_cell" for i in IDS])
-def test_torchscript_refused_clearly_to_torch_exports(ours, theirs):
-    m = ours(3, 4)
+def test_torchscript_refused_clearly_tracing_works(ours, theirs):
+    m = ours(3, 4).eval()
     is_cell = "Cell" in ours.__name__
     x = torch.randn(2, 3) if is_cell else torch.randn(5, 2, 3)
-    with pytest.raises(RuntimeError, match=r"cannot be scripted.*to_torch\(\)"):
+    with pytest.raises(RuntimeError, match=r"cannot be scripted.*trace.*to_torch\(\)"):
         torch.jit.script(m)
     if is_cell:  # torch 2.13 scripts its cells, but not its layers (no scripted forward)
         exported = torch.jit.script(m.to_torch())
     else:
-        with pytest.raises(RuntimeError, match=r"cannot be traced.*to_torch\(\)"):
-            torch.jit.trace(m, (x,))
         exported = torch.jit.trace(m.to_torch(), (x,))
     torch.testing.assert_close(_run(exported, is_cell), _run(m, is_cell), atol=1e-6, rtol=0)
+    traced = torch.jit.trace(m, (x,))  # the live module traces too (tests/test_export.py)
+    torch.testing.assert_close(_run(traced, is_cell), _run(m, is_cell), atol=0, rtol=0)
 
 
 @pytest.mark.slow

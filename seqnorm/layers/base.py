@@ -11,7 +11,7 @@ from torch import Tensor
 from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence
 
-from . import paths
+from . import export, paths
 from .args import (
     InputError,
     autocast_enabled,
@@ -250,12 +250,6 @@ class RecurrentLayer(RecurrentModule):
             output ``(T, B, D*R)`` (a ``PackedSequence`` for packed input), ``h_n`` the state
             of every unit at each sequence's own last step.
         """
-        if torch.jit.is_tracing():
-            raise RuntimeError(
-                f"{type(self).__name__} cannot be traced (its constraint is a cached "
-                f"parametrization): trace layer.to_torch(), a plain {self.torch_class.__name__} "
-                f"with the constrained weights"
-            )
         packed = isinstance(input, PackedSequence)
         if packed:
             data, batch_sizes, sorted_idx, unsorted_idx = input  # data (N, I)
@@ -287,9 +281,15 @@ class RecurrentLayer(RecurrentModule):
         layout = paths.Layout(spec, self.num_layers, self.num_directions, self.bias,
                               self.proj_size > 0, self.dropout, self.training)  # fmt: skip
         # A mode torch has no kernel for runs the spec's own, which takes equal lengths only:
-        # packed input of such a mode runs unrolled.
+        # packed input of such a mode runs unrolled; traced or exported, it runs its step ops
+        # (an autograd Function does not export), as does an LSTM with projections for ONNX
+        # (whose LSTM op has no projection).
         own = spec.torch_kernel is None
-        fused = not (self.unroll or self.is_recording or (own and batch_sizes is not None))
+        step_ops = own or (self.proj_size > 0 and torch.onnx.is_in_onnx_export())
+        fused = not (self.unroll or self.is_recording or (own and batch_sizes is not None)
+                     or (step_ops and export.capturing()))  # fmt: skip
+        if not self.training:
+            export.remember(self)  # the real tensors a later torch.export computes from
         with parametrize.cached():  # constrained matrices computed once for this call
             if fused and not own:
                 return paths.fused(layout, x, batch_sizes, state, self._flat_weights)

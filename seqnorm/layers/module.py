@@ -17,8 +17,9 @@ from torch import Tensor, nn
 
 from ..constraints import constrain
 from ..linalg import as_blocks
+from . import export, serialize
 from .args import check_flag, check_recurrent_init, check_size, gate_indices
-from .convert import load_from_torch, torch_twin
+from .convert import load_from_torch, load_plain_weights, torch_twin
 from .init import chrono_init_, init_recurrent_
 from .projection import constrain_projected
 from .spec import CellSpec, spec_of
@@ -186,23 +187,52 @@ class RecurrentModule(nn.Module):
         """The weights of every unit in ``h_n``'s order, as the steps read them: ``weight_hh``
         constrained (read it inside ``seqnorm.cached()`` to compute the constraint once), and
         the extra tensors of the cell's spec that the unit has (``weight_hr``, modReLU's bias)."""
+        flat = dict(zip(self._flat_weights_names, self._flat_weights, strict=True))
+
+        def get(name: str) -> Tensor:  # torch's weights as the layer computes with them
+            return flat[name] if name in flat else getattr(self, name)
+
         out = []
         for suffix, _ in self._units():
-            w_ih, w_hh = getattr(self, f"weight_ih{suffix}"), getattr(self, f"weight_hh{suffix}")
-            b_ih, b_hh = (getattr(self, f"bias_ih{suffix}"), getattr(self, f"bias_hh{suffix}")
-                          ) if self.bias else (None, None)  # fmt: skip
+            b_ih, b_hh = (get(f"bias_ih{suffix}"), get(f"bias_hh{suffix}")) if self.bias else (
+                None, None)  # fmt: skip
             extras = tuple(
-                getattr(self, e.name + suffix)
+                get(e.name + suffix)
                 for e in self.spec.extras
                 if e.when is None or getattr(self, e.when)
             )
-            out.append(Unit(w_ih, w_hh, b_ih, b_hh, extras))
+            out.append(
+                Unit(get(f"weight_ih{suffix}"), get(f"weight_hh{suffix}"), b_ih, b_hh, extras)
+            )
         return out
 
     @property
     def _flat_weights(self) -> list[Tensor]:
-        """The weights in torch's flat order; ``weight_hh`` is the constrained matrix."""
+        """The weights in torch's flat order; ``weight_hh`` is the constrained matrix (a
+        constant computed outside the graph when traced or exported: :mod:`.export`)."""
+        if export.capturing():
+            return export.constant_weights(self, self._flat_weights_names)
         return [getattr(self, n) for n in self._flat_weights_names]
+
+    # -- pickling, copying, loading ---------------------------------------------------------
+    def __reduce_ex__(self, protocol: int) -> tuple[Any, ...]:
+        """Pickle (and ``torch.save``) as a rebuild from the constructor arguments and the
+        ``state_dict`` (see :mod:`.serialize`): torch cannot pickle a parametrized module."""
+        return serialize.reduce_module(self)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> RecurrentModule:
+        return serialize.deepcopy_module(self, memo)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str,
+                              *args: Any) -> None:  # fmt: skip
+        load_plain_weights(self, state_dict, prefix)  # torch's keys: weight_hh_l0, ...
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    def train(self: M, mode: bool = True) -> M:
+        super().train(mode)
+        if not mode:
+            export.remember(self)
+        return self
 
     @property
     def all_weights(self) -> list[list[Tensor]]:
@@ -214,8 +244,9 @@ class RecurrentModule(nn.Module):
         raise RuntimeError(
             f"{type(self).__name__} cannot be scripted: torch.jit.script does not support "
             f"parametrized modules (the constraint on weight_hh is a parametrization). "
-            f"Use torch.compile(module), or export module.to_torch(), a plain "
-            f"{self.torch_class.__name__} with the constrained weights (torch.jit.trace it)"
+            f"In eval mode, torch.jit.trace, torch.export.export and torch.onnx.export "
+            f"work on the module; or script module.to_torch(), a plain "
+            f"{self.torch_class.__name__} with the constrained weights"
         )
 
     def to_torch(self) -> nn.Module:

@@ -50,7 +50,7 @@ def _eager_when_compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any) -> Any:
-        if not torch.compiler.is_compiling():
+        if not torch.compiler.is_compiling() or torch.compiler.is_exporting():
             return fn(*args)
         if not disabled:
             disabled.append(torch.compiler.disable(fn))
