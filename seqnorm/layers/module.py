@@ -187,23 +187,20 @@ class RecurrentModule(nn.Module):
         """The weights of every unit in ``h_n``'s order, as the steps read them: ``weight_hh``
         constrained (read it inside ``seqnorm.cached()`` to compute the constraint once), and
         the extra tensors of the cell's spec that the unit has (``weight_hr``, modReLU's bias)."""
-        flat = dict(zip(self._flat_weights_names, self._flat_weights, strict=True))
-
-        def get(name: str) -> Tensor:  # torch's weights as the layer computes with them
-            return flat[name] if name in flat else getattr(self, name)
-
-        out = []
+        flat = self._flat_weights  # torch's weights as the layer computes with them
+        out, i = [], 0
         for suffix, _ in self._units():
-            b_ih, b_hh = (get(f"bias_ih{suffix}"), get(f"bias_hh{suffix}")) if self.bias else (
-                None, None)  # fmt: skip
-            extras = tuple(
-                get(e.name + suffix)
-                for e in self.spec.extras
-                if e.when is None or getattr(self, e.when)
-            )
-            out.append(
-                Unit(get(f"weight_ih{suffix}"), get(f"weight_hh{suffix}"), b_ih, b_hh, extras)
-            )
+            w_ih, w_hh = flat[i], flat[i + 1]
+            b_ih, b_hh = (flat[i + 2], flat[i + 3]) if self.bias else (None, None)
+            i += 4 if self.bias else 2
+            extras = []
+            for e in self.spec.extras:
+                if e.init is None and (e.when is None or getattr(self, e.when)):
+                    extras.append(flat[i])  # one of torch's flat weights (weight_hr)
+                    i += 1
+                elif e.init is not None:
+                    extras.append(getattr(self, e.name + suffix))  # seqnorm's own parameter
+            out.append(Unit(w_ih, w_hh, b_ih, b_hh, tuple(extras)))
         return out
 
     @property

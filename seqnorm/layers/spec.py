@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any
 
 from torch import _VF, Tensor, nn
@@ -102,8 +101,9 @@ class CellSpec:
 _HR = Extra("weight_hr", "LSTM projection (P, H): h = (o * tanh(c)) @ W_hr^T", when="proj_size")
 _MODRELU = Extra("modrelu_bias", "modReLU bias (H,): h = sign(z) * relu(|z| + b)", _modrelu_bias)
 
-#: One spec per mode, read everywhere else.
-SPECS: Mapping[str, CellSpec] = MappingProxyType(
+#: One spec per mode, read everywhere else (a plain dict: torch.compile breaks its graph on a
+#: read-only mappingproxy; the specs themselves are frozen).
+SPECS: dict[str, CellSpec] = dict(
     {
         "rnn_tanh": CellSpec("rnn_tanh", ("h",), steps.rnn_tanh_step, _VF.rnn_tanh, nn.RNN,
                              nn.RNNCell, native="rnn_tanh", nonlinearity="tanh"),
