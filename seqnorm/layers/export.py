@@ -45,7 +45,7 @@ def _tensors(module: nn.Module) -> dict[str, Tensor]:
 
 def remember(module: nn.Module) -> None:
     """Keep references to ``module``'s real tensors for a later ``torch.export``."""
-    if not capturing():
+    if not (capturing() or torch.compiler.is_compiling()):
         object.__setattr__(module, _REFS, _tensors(module))
 
 
