@@ -16,8 +16,8 @@ How the constants are computed outside the graph:
   The module keeps references to its real tensors (:func:`remember`, called by
   ``module.eval()`` and by every eager forward in eval mode), and the constraint runs on
   them with the tracing modes switched off; the result enters the graph as a lifted
-  constant. An export right after ``load_state_dict(..., assign=True)`` (which replaces
-  the tensors) must be preceded by ``module.eval()`` or one forward.
+  constant; ``load_state_dict`` refreshes the references too. Export in eval mode: a
+  module that was never put in eval mode refuses to export, with a message saying so.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-__all__ = ["capturing", "constant_weights", "remember"]
+__all__ = ["after_load", "capturing", "constant_weights", "remember"]
 
 _REFS = "_seqnorm_real_tensors"
 
@@ -45,8 +45,13 @@ def _tensors(module: nn.Module) -> dict[str, Tensor]:
 
 def remember(module: nn.Module) -> None:
     """Keep references to ``module``'s real tensors for a later ``torch.export``."""
-    if not capturing():
+    if not (capturing() or torch.compiler.is_compiling()):
         object.__setattr__(module, _REFS, _tensors(module))
+
+
+def after_load(module: nn.Module, incompatible_keys: object) -> None:
+    """A ``load_state_dict`` post-hook: ``assign=True`` replaces the module's tensors."""
+    remember(module)
 
 
 class _Reader(nn.Module):

@@ -92,6 +92,7 @@ class RecurrentModule(nn.Module):
             )
         spec_of(mode)  # an unknown mode fails here
         super().__init__()
+        self.register_load_state_dict_post_hook(export.after_load)
         self.mode, self.input_size, self.hidden_size = mode, input_size, hidden_size
         self.bias = bias
         self.constraint, self.constraint_options = constraint, options
