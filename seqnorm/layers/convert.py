@@ -24,6 +24,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from ..utils import eval_mode
+
 if TYPE_CHECKING:
     from .module import RecurrentModule
 
@@ -92,16 +94,10 @@ def no_global_rng(device: torch.device | None = None) -> Iterator[None]:
 
 @contextmanager
 def _reading(module: nn.Module) -> Iterator[None]:
-    """Read the constrained weights once, in eval mode (a training-mode read would advance
-    a power-iteration estimate), without recording gradients."""
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        with torch.no_grad(), parametrize.cached():
-            yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
+    """Read the constrained weights once, in eval mode (a training-mode read would update the
+    constraint's estimate), without recording gradients."""
+    with eval_mode(module), torch.no_grad(), parametrize.cached():
+        yield
 
 
 @torch.no_grad()
@@ -117,17 +113,9 @@ def set_weight(module: nn.Module, name: str, value: Tensor) -> None:
         getattr(module, name).copy_(value)
         return
     plist = module.parametrizations[name]
-    ref = plist.original if hasattr(plist, "original") else plist.original0
+    ref = next(plist.parameters())  # a stored tensor: where and in what dtype the weight lives
     value = value.to(device=ref.device, dtype=ref.dtype)
-    if all(hasattr(p, "right_inverse") for p in plist):
-        setattr(module, name, value)
-        return
-    # until every constraint has right_inverse (h/constraints): spectral, scaled, bound and
-    # the projected LSTM's constraint store W itself, so the stored matrix is the value.
-    plist.original.copy_(value)
-    for p in plist:  # the power-iteration vectors follow the new matrix
-        if hasattr(p, "converge"):
-            p.converge(value)
+    setattr(module, name, value)  # every constraint's right_inverse
 
 
 def torch_twin(module: RecurrentModule) -> nn.Module:

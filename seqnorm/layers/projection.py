@@ -77,6 +77,14 @@ class ProjectedNorm(nn.Module):
         scale = W.new_ones(self.blocks).index_put((idx,), c)  # (G,) 1 for free gates
         return (Wb * scale[:, None, None]).reshape_as(W)  # (G*H, P)
 
+    def right_inverse(self, W: Tensor) -> Tensor:
+        """``W`` itself (the raw ``W_hh`` is stored and scaled at every forward); the inner
+        constraint's estimate restarts from the new product with the current ``W_hr``."""
+        with torch.no_grad():
+            M = self.product(W)[list(self.gates)]  # (g, H, H)
+            self.inner.reset(M.reshape(-1, M.shape[-1]))
+        return W
+
     def extra_repr(self) -> str:
         return f"blocks={self.blocks}, gates={self.gates}, product with {self.hr_name}"
 
