@@ -11,7 +11,9 @@ CSV files into ``dirpath``: by default ``<log dir>/gradient_flow/`` (``spectrum/
 log dir is the first logger's ``log_dir`` (CSV, TensorBoard) or ``save_dir`` (others), else
 ``trainer.default_root_dir`` (the ``seqnorm`` CLI sets ``dirpath`` inside the run
 directory). Every CSV row starts with the run's id (``run_id``: the argument, else the W&B
-run id, else the first logger's version), so tables of several runs can be stacked. With a
+run id, else the first logger's version), so tables of several runs can be stacked. A
+resumed run (``ckpt_path``) first drops its own rows from the checkpoint's step on -- it
+records those steps again -- so a run killed after its last checkpoint has no row twice. With a
 ``WandbLogger`` the figures and table are logged as images and a table as well. W&B is never
 imported here: a W&B logger is recognised by its class name.
 
@@ -25,6 +27,7 @@ ends with the same weights as one without.
 from __future__ import annotations
 
 import csv
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -66,6 +69,9 @@ def _probing(pl_module: pl.LightningModule) -> Iterator[None]:
 class _Monitor(pl.Callback, RunDirOutput):
     """Shared schedule, output folder and logging of the monitors."""
 
+    #: The CSV files this monitor appends to (in its output folder).
+    csv_names: tuple[str, ...] = ()
+
     def __init__(
         self,
         every_n_steps: int,
@@ -87,6 +93,8 @@ class _Monitor(pl.Callback, RunDirOutput):
     # -- schedule ------------------------------------------------------------------------
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._last_step = self._last_image_step = None
+        if trainer.ckpt_path is not None:  # a resume: forget what the lost steps recorded
+            self._forget_from(trainer, trainer.global_step)
         if trainer.is_global_zero and self._ready(trainer, pl_module):
             self._run(trainer, pl_module, trainer.global_step)
 
@@ -180,6 +188,30 @@ class _Monitor(pl.Callback, RunDirOutput):
                 w.writerow(["run_id", *header])
             w.writerows([run, *row] for row in rows)
 
+    def _forget_from(self, trainer: pl.Trainer, step: int) -> None:
+        """Drop this run's rows and history from ``step`` on: a resumed run restarts at its
+        checkpoint's step and records those steps again (after a kill they were written
+        once already), so no row is written twice. Other runs' rows are kept."""
+        self.history = [entry for entry in self.history if entry[0] < step]
+        if not trainer.is_global_zero:
+            return
+        run = self.run_name(trainer)
+        for name in self.csv_names:
+            path = self.output_dir(trainer) / name
+            if not path.is_file():
+                continue
+            with path.open(newline="") as f:
+                rows = list(csv.reader(f))
+            if not rows or rows[0][:2] != ["run_id", "step"]:
+                continue
+            keep = [r for r in rows[1:] if not (r[0] == run and int(r[1]) >= step)]
+            if len(keep) == len(rows) - 1:
+                continue
+            tmp = path.with_name(f".{name}.tmp")
+            with tmp.open("w", newline="") as f:
+                csv.writer(f).writerows([rows[0], *keep])
+            os.replace(tmp, path)
+
     @staticmethod
     def _row_labels(pl_module: pl.LightningModule) -> list[tuple[str, Any]]:
         """``(prefix, layer)`` per seqnorm layer: ``""`` for one layer, ``"name/"`` else."""
@@ -234,6 +266,8 @@ class GradientFlowMonitor(_Monitor):
         run_id: the ``run_id`` column of the CSV (default: the W&B run id, else the first
             logger's version).
     """
+
+    csv_names = ("grad_norms.csv",)
 
     @classmethod
     def run_subdir(cls) -> str:
@@ -372,6 +406,8 @@ class SpectrumMonitor(_Monitor):
         run_id: the ``run_id`` column of the CSV (default: the W&B run id, else the first
             logger's version).
     """
+
+    csv_names = ("singular_values.csv",)
 
     @classmethod
     def run_subdir(cls) -> str:

@@ -118,6 +118,42 @@ def test_killed_run_resumes_exactly(tmp_path):
 
 
 @pytest.mark.slow
+def test_resumed_run_writes_no_monitor_row_twice(tmp_path):
+    """Killed at step 10, last checkpoint at step 8: the rows of steps 8 and 10 were written
+    before the kill and are recorded again after the resume, once each."""
+    monitors = [
+        {"class_path": "seqnorm.callbacks.GradientFlowMonitor",
+         "init_args": {"every_n_steps": 2, "num_samples": 2, "log_images": False}},
+        {"class_path": "seqnorm.callbacks.SpectrumMonitor",
+         "init_args": {"every_n_steps": 2, "log_images": False}},
+    ]  # fmt: skip
+    kill = {"class_path": "killer.KillAtStep", "init_args": {"step": 10}}
+    cfg = _config(tmp_path, every=4, extra_callbacks=[*monitors, kill])
+    proc = _run(tmp_path, "fit", "--config", str(cfg), check=False)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    grad = tmp_path / "run/gradient_flow/grad_norms.csv"
+    before = {int(r["step"]) for r in csv.DictReader(grad.open())}
+    assert {8, 10} <= before  # written before the kill, after the last checkpoint (8)
+    # another run's rows in the same file are kept as they are
+    with grad.open("a", newline="") as f:
+        csv.writer(f).writerow(["other", 12, 0, 0, 1.0])
+    _run(tmp_path, "fit", "--config", str(_config(tmp_path, every=4, extra_callbacks=monitors)),
+         "--ckpt_path", "last")  # fmt: skip
+    (run_id,) = {r["run_id"] for r in csv.DictReader(grad.open())} - {"other"}
+    for name, key in (
+        ("gradient_flow/grad_norms.csv", ("step", "layer", "t")),
+        ("spectrum/singular_values.csv", ("step", "layer", "gate", "index")),
+    ):
+        rows = [r for r in csv.DictReader((tmp_path / "run" / name).open())
+                if r["run_id"] == run_id]  # fmt: skip
+        keys = [tuple(r[k] for k in key) for r in rows]
+        assert len(keys) == len(set(keys)), f"{name}: a row written twice"
+        assert sorted({int(r["step"]) for r in rows}) == list(range(0, 17, 2)), name
+    other = [r for r in csv.DictReader(grad.open()) if r["run_id"] == "other"]
+    assert [r["step"] for r in other] == ["12"]
+
+
+@pytest.mark.slow
 def test_kill_during_checkpoint_write_keeps_previous(tmp_path):
     die = {"class_path": "killer.DieBeforeCommit", "init_args": {"step": 5}}
     proc = _run(tmp_path, "fit", "--config", str(_config(tmp_path, every=3, extra_callbacks=[die])),
