@@ -14,6 +14,7 @@ its guidance after it. The deliberate differences are listed, with their reasons
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 
@@ -392,3 +393,37 @@ def test_documented_differences():
     assert "mat1 and mat2" in str(_raised(lambda: nn.GRUCell(3, 4)(cell_x)))
     with pytest.raises(RuntimeError, match=re.escape("Convert input: input.to(torch.float32)")):
         seqnorm.SpectralGRUCell(3, 4)(cell_x)
+
+
+# --------------------------------------------------------------- torch.compile: no breaks
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("constraint", CONSTRAINTS)
+def test_compile_has_no_graph_break_in_the_checks(constraint):
+    """A cell step loop and the unrolled layer forward trace whole under ``torch.compile``
+    (the input checks included); the fused path's only break is the one it makes on purpose
+    around torch's kernel (``paths._eager_when_compiled``)."""
+    import torch._dynamo as dynamo  # seconds to import: only here
+
+    cell = seqnorm.SpectralLSTMCell(3, 4, constraint=constraint)
+
+    def loop(x, hx):
+        with seqnorm.cached():
+            for x_t in x.unbind(0):
+                hx = cell(x_t, hx)
+        return hx
+
+    layer = seqnorm.SpectralGRU(3, 4, num_layers=2, bidirectional=True, constraint=constraint)
+    x, h = _x(5, 2, 3), _x(4, 2, 4)
+    calls = [(loop, (x, (h[0], h[0])), None), (layer, (x, h), True),
+             (layer, (x[:, 0], h[:, 0]), True), (layer, (x, h), False)]  # fmt: skip
+    for fn, args, unroll in calls:
+        layer.unroll = unroll
+        dynamo.reset()
+        explained = dynamo.explain(fn)(*args)
+        where = {f.filename for r in explained.break_reasons for f in r.user_stack[-1:]}
+        if unroll is False:  # the fused path: torch's kernel runs outside the graph
+            assert {os.path.basename(f) for f in where} <= {"paths.py"}, explained.break_reasons
+        else:
+            assert explained.graph_break_count == 0, explained.break_reasons

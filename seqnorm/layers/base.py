@@ -141,7 +141,7 @@ class RecurrentLayer(RecurrentModule):
             self._records = None
 
     # -- input checking -------------------------------------------------------------------
-    # torch's checks, in torch's order and with torch's messages (nn.RNN/GRU/LSTM.forward and
+    # torch's checks with torch's messages (nn.RNN/GRU/LSTM.forward and
     # RNNBase.check_forward_args), each followed by seqnorm's guidance in parentheses.
     def _check_input(self, x: Any, packed: bool) -> None:
         if not isinstance(x, Tensor):
@@ -213,14 +213,15 @@ class RecurrentLayer(RecurrentModule):
 
         def fix(t: Tensor, what: str, index: str) -> Tensor:
             want = shapes["c_0" if what == "c_0" else "h_0"]
-            tb = t if batched or t.dim() != 2 else t.unsqueeze(1)  # torch compares batched
+            tb = t if batched else t.unsqueeze(1)  # torch compares the batched shapes
             if tuple(tb.shape) != want:
-                unbatched = "" if batched else f"; unbatched: {want[::2]}"
+                feat = "hidden_size" if what == "c_0" or not R else "proj_size"
+                dims = f"num_layers * num_directions, {'batch, ' if batched else ''}{feat}"
+                of = "" if batched else " of unbatched input"
+                guide = f"{what}{of} must have shape {want if batched else want[::2]} ({dims})"
                 raise InputError(
-                    f"Expected hidden{index} size {want}, got {list(tb.shape)} ({what} must "
-                    f"have shape {want} (num_layers * num_directions, batch, "
-                    f"{'hidden_size' if what == 'c_0' or not R else 'proj_size'}){unbatched}; "
-                    f"got {tuple(t.shape)})"
+                    f"Expected hidden{index} size {want}, got {list(tb.shape)} ({guide}, got "
+                    f"{tuple(t.shape)})"
                 )
             if t.dtype != x.dtype and not autocast_enabled(x):
                 raise InputError(f"{what} dtype ({t.dtype}) must match the input's ({x.dtype})")
