@@ -121,7 +121,7 @@ def _double_backward(ctx: Any, inputs: tuple, batch_sizes: Tensor, grads: tuple)
             create_graph=True, allow_unused=True,
         )  # fmt: skip
     result: list[Tensor | None] = [None] * 8
-    for i, g in zip(wanted, got):
+    for i, g in zip(wanted, got, strict=True):
         result[i] = g
     return tuple(result)
 
