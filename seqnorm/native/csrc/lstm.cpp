@@ -13,6 +13,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 #include <cstdint>
@@ -99,6 +100,25 @@ at::Tensor scratch(int slot, int64_t numel, const at::TensorOptions& opts) {
 
 enum Slot { kZeroBias = 0, kDm = 1, kDh = 2, kHprev = 3 };
 
+// The big outputs (out, the saved gates and cell states, the gradient of gi) come from a
+// second pool: a buffer is handed out again only once nothing but the pool holds its storage
+// (the previous call's graph and outputs are gone), else a fresh one takes its place. A fresh
+// 300 MB buffer page-faults on first touch at every call; that, not the arithmetic, was half
+// of the forward's time at T=784, B=128, H=128.
+at::Tensor pooled(int slot, at::IntArrayRef sizes, const at::TensorOptions& opts) {
+  thread_local std::vector<at::Tensor> pool[2];
+  auto& p = pool[opts.dtype() == at::kDouble ? 1 : 0];
+  int64_t numel = 1;
+  for (auto d : sizes) numel *= d;
+  if (static_cast<int64_t>(p.size()) <= slot) p.resize(slot + 1);
+  auto& buf = p[slot];
+  if (!buf.defined() || buf.storage().use_count() != 1 || buf.numel() < numel)
+    buf = at::empty({std::max<int64_t>(numel, buf.defined() ? buf.numel() : 0)}, opts);
+  return buf.narrow(0, 0, numel).view(sizes);
+}
+
+enum Pooled { kOut = 0, kGates = 1, kCs = 2, kM = 3, kDgi = 4 };
+
 struct Steps {
   std::vector<int64_t> bs, off;
   int64_t T = 0, N = 0;
@@ -123,24 +143,44 @@ struct Steps {
   }
 };
 
+// x @ w^T for the per-step GEMMs (w (out, in) contiguous). float32 goes through oneDNN's
+// matmul (torch's mkldnn::_linear_pointwise, the GEMM behind torch's own CPU LSTM): on CPUs
+// where MKL's sgemm is slow for these small shapes (AMD: 2.4x slower at 128 x 128 x 512) it is
+// the difference between beating torch's LSTM and not. That op returns its own tensor (from
+// the heap, the same chunk every step); float64, or a torch built without oneDNN, writes
+// into `out` with at::mm_out. Returns the tensor that holds the product.
+at::Tensor gemm_nt(const at::Tensor& x, const at::Tensor& w, at::Tensor& out) {
+  static const c10::optional<c10::OperatorHandle> onednn =
+      c10::Dispatcher::singleton().findSchema({"mkldnn::_linear_pointwise", ""});
+  if (onednn && x.scalar_type() == at::kFloat) {
+    std::vector<c10::IValue> stack{x, w, c10::IValue(), std::string("none"),
+                                   c10::List<c10::optional<at::Scalar>>(), std::string("")};
+    onednn->callBoxed(&stack);
+    return stack[0].toTensor();
+  }
+  at::mm_out(out, x, w.t());
+  return out;
+}
+
 template <typename T>
-void forward_gates(int64_t bs, int64_t H, const T* __restrict__ gi, T* __restrict__ g,
+void forward_gates(int64_t bs, int64_t H, const T* __restrict__ gi, const T* hw, T* g,
                    const T* __restrict__ bias, T* __restrict__ c_state, T* __restrict__ cs,
                    T* __restrict__ m) {
-  // g: (bs, 4H) = h @ W_hh^T on entry, the activated gates (i, f, g, o) on exit
+  // hw: (bs, 4H) = h @ W_hh^T (may be g itself); g: the activated gates (i, f, g, o) on exit
   at::parallel_for(0, bs, std::max<int64_t>(1, 16384 / (4 * H)), [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const T* __restrict__ x = gi + b * 4 * H;
-      T* __restrict__ y = g + b * 4 * H;
+      const T* z = hw + b * 4 * H;
+      T* y = g + b * 4 * H;  // may alias z: element j is read, then written
       T* __restrict__ c = c_state + b * H;
       T* __restrict__ cr = cs + b * H;
       T* __restrict__ mr = m + b * H;
 #pragma GCC ivdep
       for (int64_t j = 0; j < H; ++j) {
-        const T ig = sigmoid_v(y[j] + x[j] + bias[j]);
-        const T fg = sigmoid_v(y[H + j] + x[H + j] + bias[H + j]);
-        const T gg = tanh_v(y[2 * H + j] + x[2 * H + j] + bias[2 * H + j]);
-        const T og = sigmoid_v(y[3 * H + j] + x[3 * H + j] + bias[3 * H + j]);
+        const T ig = sigmoid_v(z[j] + x[j] + bias[j]);
+        const T fg = sigmoid_v(z[H + j] + x[H + j] + bias[H + j]);
+        const T gg = tanh_v(z[2 * H + j] + x[2 * H + j] + bias[2 * H + j]);
+        const T og = sigmoid_v(z[3 * H + j] + x[3 * H + j] + bias[3 * H + j]);
         const T cn = fg * c[j] + ig * gg;
         y[j] = ig;
         y[H + j] = fg;
@@ -233,18 +273,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
               s.bs[0]);
   const bool proj = w_hr_.has_value() && w_hr_->defined();
   const auto gi = gi_.contiguous();
-  const auto w_hh_t = w_hh_.t();  // (R, 4H) view: GEMM with a transpose flag, no copy
+  const auto w_hh = w_hh_.contiguous();  // (4H, R)
   const int64_t H = gi.size(1) / 4, B = h0.size(0), N = s.N;
   const int64_t R = proj ? w_hr_->size(0) : H;
   const auto opts = gi.options();
 
-  auto out = at::empty({N, R}, opts);
+  auto out = pooled(kOut, {N, R}, opts);
   auto h_state = h0.contiguous().clone();  // becomes h_n
   auto c_state = c0.contiguous().clone();  // becomes c_n
-  auto gates = at::empty({N, 4 * H}, opts);
-  auto cs = at::empty({N, H}, opts);
-  auto m = proj ? at::empty({N, H}, opts) : at::empty({0}, opts);
-  at::Tensor w_hr_t = proj ? w_hr_->t() : at::Tensor();  // (H, P)
+  auto gates = pooled(kGates, {N, 4 * H}, opts);
+  auto cs = pooled(kCs, {N, H}, opts);
+  auto m = proj ? pooled(kM, {N, H}, opts) : at::empty({0}, opts);
+  at::Tensor w_hr = proj ? w_hr_->contiguous() : at::Tensor();  // (P, H)
   at::Tensor bias = (b_hh.has_value() && b_hh->defined())
                         ? b_hh->contiguous()
                         : scratch(kZeroBias, 4 * H, opts).zero_();
@@ -255,12 +295,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       const int64_t t = reverse ? s.T - 1 - k : k;
       const int64_t bs = s.bs[t], o = s.off[t];
       auto g = gates.narrow(0, o, bs);
-      at::mm_out(g, h_state.narrow(0, 0, bs), w_hh_t);  // (bs, 4H)
+      const auto hw = gemm_nt(h_state.narrow(0, 0, bs), w_hh, g);  // (bs, 4H)
       T* mrow = proj ? m.data_ptr<T>() + o * H : out.data_ptr<T>() + o * R;
-      forward_gates<T>(bs, H, gi.data_ptr<T>() + o * 4 * H, g.data_ptr<T>(),
+      forward_gates<T>(bs, H, gi.data_ptr<T>() + o * 4 * H, hw.data_ptr<T>(), g.data_ptr<T>(),
                        bias.data_ptr<T>(), c_state.data_ptr<T>(), cs.data_ptr<T>() + o * H, mrow);
       auto h = out.narrow(0, o, bs);
-      if (proj) at::mm_out(h, m.narrow(0, o, bs), w_hr_t);  // (bs, P)
+      if (proj) {
+        const auto hp = gemm_nt(m.narrow(0, o, bs), w_hr, h);  // (bs, P)
+        if (!hp.is_same(h)) std::memcpy(h.data_ptr<T>(), hp.data_ptr<T>(), sizeof(T) * bs * R);
+      }
       std::memcpy(h_state.data_ptr<T>(), h.data_ptr<T>(), sizeof(T) * bs * R);
     }
   });
@@ -283,10 +326,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const auto grad_out = grad_out_.contiguous();
   const auto h0 = h0_.contiguous();
   const auto c0 = c0_.contiguous();
-  const auto w_hh = w_hh_.contiguous();  // (4H, R)
-  at::Tensor w_hr = proj ? w_hr_->contiguous() : at::Tensor();  // (P, H)
+  const auto w_hh_t = w_hh_.t().contiguous();  // (R, 4H): dh = dgates @ W_hh
+  at::Tensor w_hr_t = proj ? w_hr_->t().contiguous() : at::Tensor();  // (H, P): dm = dh @ W_hr
 
-  auto dgi = at::empty({N, 4 * H}, opts);
+  auto dgi = pooled(kDgi, {N, 4 * H}, opts);
   auto dh_state = grad_hn.contiguous().clone();  // becomes dh0
   auto dc_state = grad_cn.contiguous().clone();  // becomes dc0
   at::Tensor dm = proj ? scratch(kDm, B * H, opts).view({B, H}) : at::Tensor();
@@ -304,12 +347,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
         c_prev[b] = b < p_bs ? csp + (s.off[p] + b) * H : c0p + b * H;
       const T* dm_a;
       const T* dm_b;
+      at::Tensor dm_keep;  // holds dm_a's memory through the gate pass
       if (proj) {
         auto dh = dh_all.narrow(0, o, bs);  // (bs, P) = dh_state + grad_out
         at::add_out(dh, dh_state.narrow(0, 0, bs), grad_out.narrow(0, o, bs));
         auto dm_s = dm.narrow(0, 0, bs);
-        at::mm_out(dm_s, dh, w_hr);  // (bs, H)
-        dm_a = dm.data_ptr<T>();
+        const auto dmt = gemm_nt(dh, w_hr_t, dm_s);  // (bs, H)
+        dm_a = dmt.data_ptr<T>();
+        dm_keep = dmt;
         dm_b = nullptr;
       } else {
         dm_a = dh_state.data_ptr<T>();
@@ -319,7 +364,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                         c_prev.data(), dc_state.data_ptr<T>(),
                         dgi.data_ptr<T>() + o * 4 * H);
       auto dh_s = dh_state.narrow(0, 0, bs);
-      at::mm_out(dh_s, dgi.narrow(0, o, bs), w_hh);  // (bs, R)
+      const auto dhp = gemm_nt(dgi.narrow(0, o, bs), w_hh_t, dh_s);  // (bs, R)
+      if (!dhp.is_same(dh_s))
+        std::memcpy(dh_s.data_ptr<T>(), dhp.data_ptr<T>(), sizeof(T) * bs * R);
     }
   });
 
