@@ -23,7 +23,8 @@ __all__ = ["lstm_recurrence", "lstm_reference"]
 torch.library.define(
     "seqnorm::lstm_forward",
     "(Tensor gi, Tensor h0, Tensor c0, Tensor w_hh, Tensor? b_hh, Tensor? w_hr, "
-    "Tensor batch_sizes, bool reverse) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+    "Tensor batch_sizes, bool reverse, bool save) "
+    "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
 )
 torch.library.define(
     "seqnorm::lstm_backward",
@@ -34,9 +35,12 @@ torch.library.define(
 
 
 @torch.library.register_fake("seqnorm::lstm_forward")
-def _forward_fake(gi, h0, c0, w_hh, b_hh, w_hr, batch_sizes, reverse):  # noqa: ANN001, ANN202
+def _forward_fake(gi, h0, c0, w_hh, b_hh, w_hr, batch_sizes, reverse, save):  # noqa: ANN001, ANN202
     n, h = gi.shape[0], gi.shape[1] // 4
     r = h0.shape[1]
+    if not save:
+        return (gi.new_empty((n, r)), torch.empty_like(h0), torch.empty_like(c0),
+                gi.new_empty((0,)), gi.new_empty((0,)), gi.new_empty((0,)))  # fmt: skip
     m = gi.new_empty((n, h)) if w_hr is not None else gi.new_empty((0,))
     return (gi.new_empty((n, r)), torch.empty_like(h0), torch.empty_like(c0),
             gi.new_empty((n, 4 * h)), gi.new_empty((n, h)), m)  # fmt: skip
@@ -87,7 +91,7 @@ def lstm_reference(
 
 
 def _setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
-    gi, h0, c0, w_hh, b_hh, w_hr, batch_sizes, reverse = inputs
+    gi, h0, c0, w_hh, b_hh, w_hr, batch_sizes, reverse, _save = inputs
     out, _, _, gates, cs, m = output
     ctx.reverse = reverse
     ctx.has_bias = b_hh is not None
@@ -108,7 +112,7 @@ def _backward(ctx: Any, g_out, g_hn, g_cn, *_unused):  # noqa: ANN001, ANN202
         batch_sizes, ctx.reverse, ctx.has_bias and ctx.needs_input_grad[4],
     )  # fmt: skip
     return (dgi, dh0, dc0, dw_hh, db_hh if ctx.has_bias else None,
-            dw_hr if ctx.has_proj else None, None, None)  # fmt: skip
+            dw_hr if ctx.has_proj else None, None, None, None)  # fmt: skip
 
 
 def _double_backward(ctx: Any, inputs: tuple, batch_sizes: Tensor, grads: tuple) -> tuple:
@@ -120,7 +124,7 @@ def _double_backward(ctx: Any, inputs: tuple, batch_sizes: Tensor, grads: tuple)
             (out, h_n, c_n), [inputs[i] for i in wanted], grads,
             create_graph=True, allow_unused=True,
         )  # fmt: skip
-    result: list[Tensor | None] = [None] * 8
+    result: list[Tensor | None] = [None] * 9
     for i, g in zip(wanted, got, strict=True):
         result[i] = g
     return tuple(result)
@@ -186,7 +190,8 @@ def lstm_recurrence(
     if gi.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"gi must be float32 or float64, got {gi.dtype}")
     load_library()
+    save = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     out, h_n, c_n, *_ = torch.ops.seqnorm.lstm_forward(
-        gi, h0, c0, w_hh, b_hh, w_hr, batch_sizes, reverse
+        gi, h0, c0, w_hh, b_hh, w_hr, batch_sizes, reverse, save
     )
     return out, (h_n, c_n)

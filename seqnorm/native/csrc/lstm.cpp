@@ -98,7 +98,7 @@ at::Tensor scratch(int slot, int64_t numel, const at::TensorOptions& opts) {
   return c[slot].narrow(0, 0, numel);
 }
 
-enum Slot { kZeroBias = 0, kDm = 1, kDh = 2, kHprev = 3 };
+enum Slot { kZeroBias = 0, kDm = 1, kDh = 2, kHprev = 3, kGradOut = 4, kGatesStep = 5, kCsStep = 6, kMStep = 7 };
 
 // The big outputs (out, the saved gates and cell states, the gradient of gi) come from a
 // second pool: a buffer is handed out again only once nothing but the pool holds its storage
@@ -265,7 +265,7 @@ void check_inputs(const at::Tensor& gi, const at::Tensor& h0, const at::Tensor& 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
     const at::Tensor& gi_, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_hh_,
     const c10::optional<at::Tensor>& b_hh, const c10::optional<at::Tensor>& w_hr_,
-    const at::Tensor& batch_sizes, bool reverse) {
+    const at::Tensor& batch_sizes, bool reverse, bool save) {
   check_inputs(gi_, h0, c0, w_hh_, b_hh, w_hr_);
   const Steps s(batch_sizes);
   TORCH_CHECK(s.N == gi_.size(0), "gi has ", gi_.size(0), " rows but batch_sizes sum to ", s.N);
@@ -281,9 +281,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   auto out = pooled(kOut, {N, R}, opts);
   auto h_state = h0.contiguous().clone();  // becomes h_n
   auto c_state = c0.contiguous().clone();  // becomes c_n
-  auto gates = pooled(kGates, {N, 4 * H}, opts);
-  auto cs = pooled(kCs, {N, H}, opts);
-  auto m = proj ? pooled(kM, {N, H}, opts) : at::empty({0}, opts);
+  // save=false (no graph will be built): gates, cell states and m live in per-step scratch
+  auto gates = save ? pooled(kGates, {N, 4 * H}, opts) : scratch(kGatesStep, B * 4 * H, opts);
+  auto cs = save ? pooled(kCs, {N, H}, opts) : scratch(kCsStep, B * H, opts);
+  auto m = !proj ? at::empty({0}, opts)
+           : save ? pooled(kM, {N, H}, opts) : scratch(kMStep, B * H, opts);
+  const int64_t so = save ? 1 : 0;  // row offsets into the saved buffers: o, or 0 in scratch
   at::Tensor w_hr = proj ? w_hr_->contiguous() : at::Tensor();  // (P, H)
   at::Tensor bias = (b_hh.has_value() && b_hh->defined())
                         ? b_hh->contiguous()
@@ -294,19 +297,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     for (int64_t k = 0; k < s.T; ++k) {
       const int64_t t = reverse ? s.T - 1 - k : k;
       const int64_t bs = s.bs[t], o = s.off[t];
-      auto g = gates.narrow(0, o, bs);
+      auto g = save ? gates.narrow(0, o, bs) : gates.narrow(0, 0, bs * 4 * H).view({bs, 4 * H});
       const auto hw = gemm_nt(h_state.narrow(0, 0, bs), w_hh, g);  // (bs, 4H)
-      T* mrow = proj ? m.data_ptr<T>() + o * H : out.data_ptr<T>() + o * R;
+      T* mrow = proj ? m.data_ptr<T>() + so * o * H : out.data_ptr<T>() + o * R;
       forward_gates<T>(bs, H, gi.data_ptr<T>() + o * 4 * H, hw.data_ptr<T>(), g.data_ptr<T>(),
-                       bias.data_ptr<T>(), c_state.data_ptr<T>(), cs.data_ptr<T>() + o * H, mrow);
+                       bias.data_ptr<T>(), c_state.data_ptr<T>(), cs.data_ptr<T>() + so * o * H,
+                       mrow);
       auto h = out.narrow(0, o, bs);
       if (proj) {
-        const auto hp = gemm_nt(m.narrow(0, o, bs), w_hr, h);  // (bs, P)
+        const auto m_s = save ? m.narrow(0, o, bs) : m.narrow(0, 0, bs * H).view({bs, H});
+        const auto hp = gemm_nt(m_s, w_hr, h);  // (bs, P)
         if (!hp.is_same(h)) std::memcpy(h.data_ptr<T>(), hp.data_ptr<T>(), sizeof(T) * bs * R);
       }
       std::memcpy(h_state.data_ptr<T>(), h.data_ptr<T>(), sizeof(T) * bs * R);
     }
   });
+  if (!save) return {out, h_state, c_state, at::empty({0}, opts), at::empty({0}, opts),
+                     at::empty({0}, opts)};
   return {out, h_state, c_state, gates, cs, m};
 }
 
@@ -323,7 +330,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const auto opts = gates.options();
   TORCH_CHECK(grad_out_.sizes() == out.sizes(), "grad_out must be ", out.sizes(), ", got ",
               grad_out_.sizes());
-  const auto grad_out = grad_out_.contiguous();
+  // out.sum().backward() hands an expanded (stride 0) gradient: copy it into a reused buffer
+  const auto grad_out = grad_out_.is_contiguous()
+                            ? grad_out_
+                            : scratch(kGradOut, N * R, opts).view({N, R}).copy_(grad_out_);
   const auto h0 = h0_.contiguous();
   const auto c0 = c0_.contiguous();
   const auto w_hh_t = w_hh_.t().contiguous();  // (R, 4H): dh = dgates @ W_hh
