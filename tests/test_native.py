@@ -147,10 +147,11 @@ def test_opcheck(op):
     gi, h0, w, b, extra = _inputs(mode, torch.float64, [3, 2], H=3)
     args = (gi, h0, w, b, extra) if op == "rnn_forward" else (gi, h0, w, b)
     args = (mode, *args) if op == "rnn_forward" else args
-    torch.library.opcheck(getattr(torch.ops.seqnorm, op), (*args, torch.tensor([3, 2]), False))
+    torch.library.opcheck(
+        getattr(torch.ops.seqnorm, op), (*args, torch.tensor([3, 2]), False, True)
+    )
 
 
-@pytest.mark.slow
 def test_compiles_without_graph_break():
     gi, h0, w, b, _ = _inputs("gru", torch.float32, [2, 2, 2], H=4)
 

@@ -194,7 +194,8 @@ def load_library() -> None:
     except Exception as e:  # noqa: BLE001 -- any failure means: fall back, and say why
         detail = str(e).strip().splitlines()
         tail = " | ".join(line.strip() for line in detail[-6:] if line.strip())
-        _failed = f"building or loading seqnorm's native CPU kernels failed ({type(e).__name__}: {tail}); {_FIX}"
+        what = f"{type(e).__name__}: {tail}"
+        _failed = f"building or loading seqnorm's native CPU kernels failed ({what}); {_FIX}"
         raise NativeUnavailable(_failed) from e
 
 

@@ -21,7 +21,8 @@ MODES = ("gru",)
 
 torch.library.define(
     "seqnorm::gru_forward",
-    "(Tensor gi, Tensor h0, Tensor w_hh, Tensor? b_hh, Tensor batch_sizes, bool reverse) "
+    "(Tensor gi, Tensor h0, Tensor w_hh, Tensor? b_hh, Tensor batch_sizes, bool reverse, "
+    "bool save) "
     "-> (Tensor, Tensor, Tensor, Tensor)",
 )
 torch.library.define(
@@ -32,11 +33,12 @@ torch.library.define(
 
 
 @torch.library.register_fake("seqnorm::gru_forward")
-def _forward_fake(gi, h0, w_hh, b_hh, batch_sizes, reverse):  # noqa: ANN001, ANN202
+def _forward_fake(gi, h0, w_hh, b_hh, batch_sizes, reverse, save):  # noqa: ANN001, ANN202
     build.load_library()  # tracing runs this: the compiled graph will call the kernel
     N, H = gi.shape[0], h0.shape[1]
-    # out, h_n, gates (r, z, n, W_hn h + b_hn), h_prev
-    return gi.new_empty(N, H), h0.new_empty(h0.shape), gi.new_empty(N, 4 * H), gi.new_empty(N, H)
+    # out, h_n, and saved for the backward: gates (r, z, n, W_hn h + b_hn), h_prev
+    gates, hprev = (gi.new_empty(N, 4 * H), gi.new_empty(N, H)) if save else (gi.new_empty(0),) * 2
+    return gi.new_empty(N, H), h0.new_empty(h0.shape), gates, hprev
 
 
 @torch.library.register_fake("seqnorm::gru_backward")
@@ -47,7 +49,7 @@ def _backward_fake(grad_out, grad_hn, w_hh, gates, hprev, batch_sizes, reverse):
 
 
 def _setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
-    gi, h0, w_hh, b_hh, batch_sizes, reverse = inputs
+    gi, h0, w_hh, b_hh, batch_sizes, reverse, _ = inputs
     _, _, gates, hprev = output
     ctx.reverse, ctx.has_b = reverse, b_hh is not None
     ctx.save_for_backward(gi, h0, w_hh, b_hh, gates, hprev, batch_sizes)
@@ -67,7 +69,7 @@ def _backward(
         d_gi, d_h0, d_w, d_b = torch.ops.seqnorm.gru_backward(
             grad_out, grad_hn, w_hh, gates, hprev, batch_sizes, ctx.reverse
         )
-    return d_gi, d_h0, d_w, d_b if ctx.has_b else None, None, None
+    return d_gi, d_h0, d_w, d_b if ctx.has_b else None, None, None, None
 
 
 torch.library.register_autograd("seqnorm::gru_forward", _backward, setup_context=_setup)
@@ -90,5 +92,8 @@ def recurrence(
         )
     if not build.is_loaded() and not torch.compiler.is_compiling():
         build.load_library()
-    out, h_n, _, _ = torch.ops.seqnorm.gru_forward(gi, h0, w_hh, b_hh, batch_sizes, reverse)
+    save = torch.is_grad_enabled() and any(
+        x is not None and x.requires_grad for x in (gi, h0, w_hh, b_hh)
+    )  # keep the gates and h_{t-1} only when a backward can come
+    out, h_n, _, _ = torch.ops.seqnorm.gru_forward(gi, h0, w_hh, b_hh, batch_sizes, reverse, save)
     return out, h_n

@@ -22,7 +22,7 @@ MODES = ("rnn_tanh", "rnn_relu", "rnn_modrelu")
 torch.library.define(
     "seqnorm::rnn_forward",
     "(str mode, Tensor gi, Tensor h0, Tensor w_hh, Tensor? b_hh, Tensor? extra, "
-    "Tensor batch_sizes, bool reverse) -> (Tensor, Tensor, Tensor)",
+    "Tensor batch_sizes, bool reverse, bool save) -> (Tensor, Tensor, Tensor)",
 )
 torch.library.define(
     "seqnorm::rnn_backward",
@@ -32,10 +32,11 @@ torch.library.define(
 
 
 @torch.library.register_fake("seqnorm::rnn_forward")
-def _forward_fake(mode, gi, h0, w_hh, b_hh, extra, batch_sizes, reverse):  # noqa: ANN001, ANN202
+def _forward_fake(mode, gi, h0, w_hh, b_hh, extra, batch_sizes, reverse, save):  # noqa: ANN001, ANN202
     build.load_library()  # tracing runs this: the compiled graph will call the kernel
     N, H = gi.shape[0], h0.shape[1]
-    return gi.new_empty(N, H), h0.new_empty(h0.shape), gi.new_empty(N, H)  # out, h_n, h_prev
+    hprev = gi.new_empty(N, H) if save else gi.new_empty(0)  # saved for the backward
+    return gi.new_empty(N, H), h0.new_empty(h0.shape), hprev  # out, h_n, h_prev
 
 
 @torch.library.register_fake("seqnorm::rnn_backward")
@@ -52,7 +53,7 @@ def _backward_fake(mode, grad_out, grad_hn, out, hprev, w_hh, batch_sizes, rever
 
 
 def _setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
-    mode, gi, h0, w_hh, b_hh, extra, batch_sizes, reverse = inputs
+    mode, gi, h0, w_hh, b_hh, extra, batch_sizes, reverse, _ = inputs
     out, _, hprev = output
     ctx.mode, ctx.reverse, ctx.has_b, ctx.has_extra = (
         mode,
@@ -76,7 +77,7 @@ def _backward(ctx: Any, grad_out: Tensor | None, grad_hn: Tensor | None, _: Any)
             ctx.mode, grad_out, grad_hn, out, hprev, w_hh, batch_sizes, ctx.reverse
         )
     return (None, d_gi, d_h0, d_w, d_b if ctx.has_b else None, d_x if ctx.has_extra else None,
-            None, None)  # fmt: skip
+            None, None, None)  # fmt: skip
 
 
 torch.library.register_autograd("seqnorm::rnn_forward", _backward, setup_context=_setup)
@@ -95,7 +96,10 @@ def recurrence(
     """One unit of a one-gate RNN over packed ``gi``: see :func:`seqnorm.native.recurrence`."""
     if not build.is_loaded() and not torch.compiler.is_compiling():
         build.load_library()
+    save = torch.is_grad_enabled() and any(
+        x is not None and x.requires_grad for x in (gi, h0, w_hh, b_hh, extra)
+    )  # keep h_{t-1} only when a backward can come
     out, h_n, _ = torch.ops.seqnorm.rnn_forward(
-        mode, gi, h0, w_hh, b_hh, extra, batch_sizes, reverse
+        mode, gi, h0, w_hh, b_hh, extra, batch_sizes, reverse, save
     )
     return out, h_n

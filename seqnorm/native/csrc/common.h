@@ -143,6 +143,36 @@ inline at::Tensor scratch(const at::Tensor& like, int64_t numel, int slot) {
   return buf.narrow(0, 0, numel);
 }
 
+// An empty tensor whose memory is reused across calls of this thread: a small pool of
+// buffers, each handed out again once nothing but the pool holds its storage (the caller
+// freed the previous call's output, or autograd freed what it saved). Large fresh buffers
+// page-fault on every touch of a new page; a training loop's outputs and saved tensors
+// come back to the pool after each step, so the next step finds them mapped.
+inline at::Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& opt) {
+  constexpr size_t kSlots = 16;
+  thread_local std::vector<at::Tensor> pool;
+  int64_t n = 1;
+  for (int64_t s : sizes) n *= s;
+  at::Tensor* best = nullptr;
+  at::Tensor* spare = nullptr;  // a free buffer too small: evicted if the pool is full
+  for (auto& b : pool) {
+    if (b.storage().use_count() != 1 || b.use_count() != 1) continue;
+    if (b.scalar_type() == opt.dtype().toScalarType() && b.numel() >= n) {
+      if (best == nullptr || b.numel() < best->numel()) best = &b;
+    } else {
+      spare = &b;
+    }
+  }
+  if (best != nullptr) return best->narrow(0, 0, n).view(sizes);
+  at::Tensor fresh = at::empty({n}, opt);
+  if (pool.size() < kSlots) {
+    pool.push_back(fresh);
+  } else if (spare != nullptr) {
+    *spare = fresh;
+  }
+  return fresh.view(sizes);
+}
+
 inline void check_common(const at::Tensor& gi, const at::Tensor& h0, const at::Tensor& w_hh,
                          const c10::optional<at::Tensor>& b_hh, int64_t G) {
   TORCH_CHECK(gi.device().is_cpu(), "seqnorm's native kernels take CPU tensors, got gi on ",

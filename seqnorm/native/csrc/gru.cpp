@@ -17,7 +17,7 @@
 namespace seqnorm {
 namespace {
 
-template <typename T>
+template <typename T, bool Save>
 void forward_rows(int64_t bs, int64_t H, const T* __restrict gi, const T* __restrict gh,
                   const T* __restrict b, T* __restrict out, T* __restrict hbuf,
                   T* __restrict hprev, T* __restrict gates) {
@@ -26,8 +26,8 @@ void forward_rows(int64_t bs, int64_t H, const T* __restrict gi, const T* __rest
     const T* q = gh + row * 3 * H;
     T* o = out + row * H;
     T* s = hbuf + row * H;
-    T* p = hprev + row * H;
-    T* a = gates + row * 4 * H;  // r, z, n, W_hn h + b_hn
+    T* p = Save ? hprev + row * H : nullptr;
+    T* a = Save ? gates + row * 4 * H : nullptr;  // r, z, n, W_hn h + b_hn
     for (int64_t j = 0; j < H; ++j) {
       T r = vsigmoid(g[j] + (q[j] + b[j]));
       T z = vsigmoid(g[H + j] + (q[H + j] + b[H + j]));
@@ -35,11 +35,13 @@ void forward_rows(int64_t bs, int64_t H, const T* __restrict gi, const T* __rest
       T n = vtanh(g[2 * H + j] + r * hn);
       T hp = s[j];
       T h = n + z * (hp - n);
-      a[j] = r;
-      a[H + j] = z;
-      a[2 * H + j] = n;
-      a[3 * H + j] = hn;
-      p[j] = hp;
+      if constexpr (Save) {
+        a[j] = r;
+        a[H + j] = z;
+        a[2 * H + j] = n;
+        a[3 * H + j] = hn;
+        p[j] = hp;
+      }
       s[j] = h;
       o[j] = h;
     }
@@ -76,14 +78,15 @@ void backward_rows(int64_t bs, int64_t H, const T* __restrict go, T* __restrict 
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_forward(
     const at::Tensor& gi_, const at::Tensor& h0_, const at::Tensor& w_hh_,
-    const c10::optional<at::Tensor>& b_hh, const at::Tensor& batch_sizes, bool reverse) {
+    const c10::optional<at::Tensor>& b_hh, const at::Tensor& batch_sizes, bool reverse,
+    bool save) {
   check_common(gi_, h0_, w_hh_, b_hh, 3);
   const at::Tensor gi = gi_.contiguous(), h0 = h0_.contiguous(), w_hh = w_hh_.contiguous();
   const int64_t N = gi.size(0), B = h0.size(0), H = h0.size(1);
   const Packed p = packed_layout(batch_sizes, N, B);
-  at::Tensor out = at::empty({N, H}, gi.options());
-  at::Tensor hprev = at::empty({N, H}, gi.options());
-  at::Tensor gates = at::empty({N, 4 * H}, gi.options());
+  at::Tensor out = pooled_empty({N, H}, gi.options());
+  at::Tensor hprev = save ? pooled_empty({N, H}, gi.options()) : at::empty({0}, gi.options());
+  at::Tensor gates = save ? pooled_empty({N, 4 * H}, gi.options()) : at::empty({0}, gi.options());
   at::Tensor hbuf = h0.clone();  // (B, H): the state of every sequence; h_n at the end
   at::Tensor bias = b_hh.has_value() ? b_hh->contiguous() : at::zeros({3 * H}, gi.options());
   at::Tensor gh = scratch(gi, B * 3 * H, 0).view({B, 3 * H});  // h_{t-1} @ W_hh^T
@@ -96,9 +99,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_forward(
       const int64_t bs = p.sizes[t], o = p.off[t];
       at::Tensor q = gh.narrow(0, 0, bs);
       at::mm_out(q, hbuf.narrow(0, 0, bs), wT);
-      forward_rows<T>(bs, H, gi.data_ptr<T>() + o * 3 * H, q.data_ptr<T>(), b,
-                      out.data_ptr<T>() + o * H, hbuf.data_ptr<T>(), hprev.data_ptr<T>() + o * H,
-                      gates.data_ptr<T>() + o * 4 * H);
+      T* pp = save ? hprev.data_ptr<T>() + o * H : nullptr;
+      T* pa = save ? gates.data_ptr<T>() + o * 4 * H : nullptr;
+      auto rows = save ? forward_rows<T, true> : forward_rows<T, false>;
+      rows(bs, H, gi.data_ptr<T>() + o * 3 * H, q.data_ptr<T>(), b, out.data_ptr<T>() + o * H,
+           hbuf.data_ptr<T>(), pp, pa);
     }
   });
   return {out, hbuf, gates, hprev};
@@ -115,7 +120,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_backward(
                   grad_hn_.size(1) == H && w_hh.size(0) == 3 * H && w_hh.size(1) == H,
               "gru_backward: inconsistent shapes");
   const Packed p = packed_layout(batch_sizes, N, B);
-  at::Tensor dgi = at::empty({N, 3 * H}, go.options());
+  at::Tensor dgi = pooled_empty({N, 3 * H}, go.options());
   // dL/d(h W_hh^T + b_hh): a per-thread workspace, read once more by the dW GEMM below.
   at::Tensor dgh = scratch(go, N * 3 * H, 1).view({N, 3 * H});
   at::Tensor dh = grad_hn_.contiguous().clone();  // (B, H): dL/dh carried back

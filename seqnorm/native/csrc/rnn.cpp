@@ -25,7 +25,7 @@ Act parse_mode(c10::string_view mode) {
   TORCH_CHECK(false, "mode must be rnn_tanh, rnn_relu or rnn_modrelu, got ", std::string(mode));
 }
 
-template <typename T, Act A>
+template <typename T, Act A, bool Save>
 void forward_rows(int64_t bs, int64_t H, const T* __restrict gi, T* __restrict out,
                   T* __restrict hbuf, T* __restrict hprev, const T* __restrict b,
                   const T* __restrict mb) {
@@ -33,7 +33,7 @@ void forward_rows(int64_t bs, int64_t H, const T* __restrict gi, T* __restrict o
     const T* g = gi + r * H;
     T* o = out + r * H;  // holds h_{t-1} @ W^T on entry
     T* s = hbuf + r * H;
-    T* p = hprev + r * H;
+    T* p = Save ? hprev + r * H : nullptr;
     for (int64_t j = 0; j < H; ++j) {
       T z = g[j] + (o[j] + b[j]);
       T h;
@@ -46,7 +46,7 @@ void forward_rows(int64_t bs, int64_t H, const T* __restrict gi, T* __restrict o
         T m = a > T(0) ? a : T(0);
         h = z > T(0) ? m : (z < T(0) ? -m : T(0));
       }
-      p[j] = s[j];
+      if constexpr (Save) p[j] = s[j];
       s[j] = h;
       o[j] = h;
     }
@@ -81,7 +81,7 @@ void backward_rows(int64_t bs, int64_t H, const T* __restrict go, const T* __res
 std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward(
     c10::string_view mode, const at::Tensor& gi_, const at::Tensor& h0_, const at::Tensor& w_hh_,
     const c10::optional<at::Tensor>& b_hh, const c10::optional<at::Tensor>& extra,
-    const at::Tensor& batch_sizes, bool reverse) {
+    const at::Tensor& batch_sizes, bool reverse, bool save) {
   const Act act = parse_mode(mode);
   check_common(gi_, h0_, w_hh_, b_hh, 1);
   const at::Tensor gi = gi_.contiguous(), h0 = h0_.contiguous(), w_hh = w_hh_.contiguous();
@@ -95,8 +95,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward(
     mb = extra->contiguous();
   }
   const Packed p = packed_layout(batch_sizes, N, B);
-  at::Tensor out = at::empty({N, H}, gi.options());
-  at::Tensor hprev = at::empty({N, H}, gi.options());
+  at::Tensor out = pooled_empty({N, H}, gi.options());
+  at::Tensor hprev = save ? pooled_empty({N, H}, gi.options()) : at::empty({0}, gi.options());
   at::Tensor hbuf = h0.clone();  // (B, H): the state of every sequence; h_n at the end
   at::Tensor bias = b_hh.has_value() ? b_hh->contiguous() : at::zeros({H}, gi.options());
   const at::Tensor wT = w_hh.t();  // (H, H) view: h @ W^T
@@ -112,11 +112,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward(
       T* po = rows.data_ptr<T>();
       const T* pg = gi.data_ptr<T>() + o * H;
       T* ps = hbuf.data_ptr<T>();
-      T* pp = hprev.data_ptr<T>() + o * H;
-      switch (act) {
-        case Act::Tanh: forward_rows<T, Act::Tanh>(bs, H, pg, po, ps, pp, b, m); break;
-        case Act::Relu: forward_rows<T, Act::Relu>(bs, H, pg, po, ps, pp, b, m); break;
-        case Act::ModRelu: forward_rows<T, Act::ModRelu>(bs, H, pg, po, ps, pp, b, m); break;
+      T* pp = save ? hprev.data_ptr<T>() + o * H : nullptr;
+      if (save) {
+        switch (act) {
+          case Act::Tanh: forward_rows<T, Act::Tanh, true>(bs, H, pg, po, ps, pp, b, m); break;
+          case Act::Relu: forward_rows<T, Act::Relu, true>(bs, H, pg, po, ps, pp, b, m); break;
+          case Act::ModRelu: forward_rows<T, Act::ModRelu, true>(bs, H, pg, po, ps, pp, b, m); break;
+        }
+      } else {
+        switch (act) {
+          case Act::Tanh: forward_rows<T, Act::Tanh, false>(bs, H, pg, po, ps, pp, b, m); break;
+          case Act::Relu: forward_rows<T, Act::Relu, false>(bs, H, pg, po, ps, pp, b, m); break;
+          case Act::ModRelu: forward_rows<T, Act::ModRelu, false>(bs, H, pg, po, ps, pp, b, m); break;
+        }
       }
     }
   });
@@ -135,7 +143,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_backw
                   grad_hn_.size(1) == H && w_hh.size(0) == H && w_hh.size(1) == H,
               "rnn_backward: inconsistent shapes");
   const Packed p = packed_layout(batch_sizes, N, B);
-  at::Tensor dz = at::empty({N, H}, out.options());  // dL/dz = dL/dgi = dL/d(h W^T + b)
+  at::Tensor dz = pooled_empty({N, H}, out.options());  // dL/dz = dL/dgi = dL/d(h W^T + b)
   at::Tensor dh = grad_hn_.contiguous().clone();     // (B, H): dL/dh carried back
   at::Tensor acc = at::zeros({H}, out.options());    // modReLU: dL/dbias
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "seqnorm_rnn_backward", [&] {
