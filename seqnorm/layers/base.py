@@ -11,6 +11,7 @@ from torch import Tensor
 from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence
 
+from .. import native
 from . import paths
 from .args import InputError, check_dropout, check_flag, check_proj_size, check_size
 from .module import RecurrentModule
@@ -242,9 +243,20 @@ class RecurrentLayer(RecurrentModule):
                               self.proj_size > 0, self.dropout, self.training)  # fmt: skip
         modrelu = self.mode == "rnn_modrelu"
         # modReLU's own kernel takes equal lengths only: packed modReLU input runs unrolled.
-        fused = not (self.unroll or self.is_recording or (modrelu and batch_sizes is not None))
+        stepped = self.unroll or self.is_recording
+        fused = not (stepped or (modrelu and batch_sizes is not None))
         with parametrize.cached():  # constrained matrices computed once for this call
             flat = self._flat_weights
+            if not stepped and _native_ok(self.mode, x):
+                units = paths.units(layout, flat, self._extras())
+                if batch_sizes is None:  # a padded batch is packed data of equal batch sizes
+                    T, B = x.shape[:2]
+                    sizes = torch.full((T,), B, dtype=torch.long)
+                    out, state = paths.native(
+                        layout, x.reshape(T * B, x.shape[-1]), sizes, state, units
+                    )
+                    return out.reshape(T, B, out.shape[-1]), state  # (T, B, D*H)
+                return paths.native(layout, x, batch_sizes, state, units)
             if fused and not modrelu:
                 return paths.fused(layout, x, batch_sizes, state, flat)
             units = paths.units(layout, flat, self._extras())
@@ -281,6 +293,15 @@ class RecurrentLayer(RecurrentModule):
         if self.bidirectional:
             s += ", bidirectional=True"
         return s + super().extra_repr()
+
+
+def _native_ok(mode: str, x: Tensor) -> bool:
+    """Whether this call runs seqnorm's native CPU kernels (see :mod:`seqnorm.native`)."""
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or not x.numel():
+        return False
+    if mode not in native.MODES:
+        return False
+    return native.backend().name == "native"
 
 
 def _permute(state: State, index: Tensor) -> State:

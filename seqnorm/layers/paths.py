@@ -26,7 +26,7 @@ from torch.nn import functional as F
 from .modrelu import modrelu_rnn
 from .steps import FUSED, STEPS, State
 
-__all__ = ["Layout", "fused", "fused_modrelu", "unrolled"]
+__all__ = ["Layout", "fused", "fused_modrelu", "native", "unrolled"]
 
 
 class Layout(NamedTuple):
@@ -206,3 +206,31 @@ def unrolled(
             rows,
         )
     return layer_in, torch.stack(finals), rows
+
+
+def native(
+    layout: Layout, data: Tensor, batch_sizes: Tensor, hx: Tensor, weights: list[Unit]
+) -> tuple[Tensor, Tensor]:
+    """seqnorm's native CPU kernels (:func:`seqnorm.native.recurrence`), one call per unit.
+
+    ``data`` ``(N, I)`` packed with ``batch_sizes`` (a padded batch: ``[B] * T``); the input
+    projection of every step is one ``F.linear`` per unit. Returns the output ``(N, D*H)``
+    and the final state ``(L*D, B, H)``.
+    """
+    from seqnorm.native import recurrence  # the layers work without the kernels
+
+    layer_in, finals = data, []  # (N, I)
+    for k in range(layout.num_layers):
+        outs = []
+        for d in range(layout.directions):
+            j = k * layout.directions + d
+            u = weights[j]
+            gi = F.linear(layer_in, u.w_ih, u.b_ih)  # (N, G*H): one matmul for all t
+            out, h_n = recurrence(layout.mode, gi, hx[j], u.w_hh, u.b_hh, u.extra,
+                                  batch_sizes, d == 1)  # fmt: skip
+            outs.append(out)  # (N, H)
+            finals.append(h_n)  # (B, H)
+        layer_in = torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]  # (N, D*H)
+        if layout.dropout and layout.training and k < layout.num_layers - 1:
+            layer_in = F.dropout(layer_in, layout.dropout, training=True)
+    return layer_in, torch.stack(finals)
