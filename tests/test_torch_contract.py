@@ -28,6 +28,7 @@ from seqnorm import (
     SpectralLSTMCell,
     SpectralRNN,
     SpectralRNNCell,
+    native,
 )
 from seqnorm.layers import InputError
 
@@ -284,7 +285,9 @@ def test_fused_dropout_is_torch_dropout(ours, theirs):
     torch.manual_seed(1)
     out_a = a(x)[0]
     torch.manual_seed(1)
-    torch.testing.assert_close(out_a, b(x)[0], atol=0, rtol=0)
+    # torch's kernel: bit for bit; seqnorm's native kernels: the same masks, rounding apart
+    exact = {} if native.backend().name == "native" else {"atol": 0, "rtol": 0}
+    torch.testing.assert_close(out_a, b(x)[0], **exact)
 
 
 @pytest.mark.parametrize(("ours", "theirs"), LAYERS, ids=IDS)

@@ -11,6 +11,7 @@ from torch import Tensor
 from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence
 
+from .. import native
 from . import export, paths
 from .args import (
     InputError,
@@ -21,6 +22,7 @@ from .args import (
     check_size,
 )
 from .module import RecurrentModule
+from .spec import CellSpec
 from .steps import State
 
 __all__ = ["RecurrentLayer"]
@@ -284,14 +286,25 @@ class RecurrentLayer(RecurrentModule):
         # A mode torch has no kernel for runs the spec's own, which takes equal lengths only:
         # packed input of such a mode runs unrolled; traced or exported, it runs its step ops
         # (an autograd Function does not export), as does an LSTM with projections for ONNX
-        # (whose LSTM op has no projection).
+        # (whose LSTM op has no projection). Exporters get torch's ops, never native ones.
         own = spec.torch_kernel is None
+        stepped = self.unroll or self.is_recording
+        capturing = export.capturing()
         step_ops = own or (self.proj_size > 0 and torch.onnx.is_in_onnx_export())
-        fused = not (self.unroll or self.is_recording or (own and batch_sizes is not None)
-                     or (step_ops and export.capturing()))  # fmt: skip
+        fused = not (stepped or (own and batch_sizes is not None) or (step_ops and capturing))
         if not self.training:
             export.remember(self)  # the real tensors a later torch.export computes from
         with parametrize.cached():  # constrained matrices computed once for this call
+            if not (stepped or capturing) and _native_ok(spec, x):
+                units = self.units()
+                if batch_sizes is None:  # a padded batch is packed data of equal batch sizes
+                    T, B = x.shape[:2]
+                    sizes = torch.full((T,), B, dtype=torch.long)
+                    out, state = paths.native(
+                        layout, x.reshape(T * B, x.shape[-1]), sizes, state, units
+                    )
+                    return out.reshape(T, B, out.shape[-1]), state  # (T, B, D*R)
+                return paths.native(layout, x, batch_sizes, state, units)
             if fused and not own:
                 return paths.fused(layout, x, batch_sizes, state, self._flat_weights)
             units = self.units()
@@ -323,6 +336,15 @@ class RecurrentLayer(RecurrentModule):
         if self.bidirectional:
             s += ", bidirectional=True"
         return s + super().extra_repr()
+
+
+def _native_ok(spec: CellSpec, x: Tensor) -> bool:
+    """Whether this call runs seqnorm's native CPU kernels (see :mod:`seqnorm.native`)."""
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or not x.numel():
+        return False
+    if spec.native is None or spec.native not in native.MODES:
+        return False
+    return native.backend().name == "native"
 
 
 def _permute(state: State, index: Tensor) -> State:

@@ -26,7 +26,7 @@ from torch.nn import functional as F
 from .spec import CellSpec
 from .steps import State, Unit
 
-__all__ = ["Layout", "fused", "fused_sequence", "unrolled"]
+__all__ = ["Layout", "fused", "fused_sequence", "native", "unrolled"]
 
 
 class Layout(NamedTuple):
@@ -183,3 +183,37 @@ def unrolled(
             rows,
         )
     return layer_in, torch.stack(finals), rows
+
+
+def native(
+    layout: Layout, data: Tensor, batch_sizes: Tensor, hx: State, weights: list[Unit]
+) -> tuple[Tensor, State]:
+    """seqnorm's native CPU kernels (:func:`seqnorm.native.recurrence`), one call per unit.
+
+    ``data`` ``(N, I)`` packed with ``batch_sizes`` (a padded batch: ``[B] * T``); the input
+    projection of every step is one ``F.linear`` per unit. Returns the output ``(N, D*R)``
+    and the final state ``(L*D, B, ·)``.
+    """
+    from seqnorm.native import recurrence  # the layers work without the kernels
+
+    lstm = layout.spec.cell_state
+    layer_in, finals = data, []  # (N, I)
+    for k in range(layout.num_layers):
+        outs = []
+        for d in range(layout.directions):
+            j = k * layout.directions + d
+            u = weights[j]
+            gi = F.linear(layer_in, u.w_ih, u.b_ih)  # (N, G*H): one matmul for all t
+            s0: State = (hx[0][j], hx[1][j]) if lstm else hx[j]
+            extra = u.extras[0] if u.extras else None  # modReLU's bias or W_hr
+            out, final = recurrence(layout.spec.native, gi, s0, u.w_hh, u.b_hh, extra,
+                                    batch_sizes, d == 1)  # fmt: skip
+            outs.append(out)  # (N, R)
+            finals.append(final)  # (B, R), or ((B, R), (B, H))
+        layer_in = torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]  # (N, D*R)
+        if layout.dropout and layout.training and k < layout.num_layers - 1:
+            layer_in = F.dropout(layer_in, layout.dropout, training=True)
+    if lstm:
+        h_n = torch.stack([f[0] for f in finals])  # (L*D, B, R)
+        return layer_in, (h_n, torch.stack([f[1] for f in finals]))
+    return layer_in, torch.stack(finals)

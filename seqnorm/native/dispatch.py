@@ -1,0 +1,66 @@
+"""``recurrence``: one unit (one layer, one direction) over a whole packed sequence."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import gru, lstm, rnn
+
+__all__ = ["MODES", "recurrence"]
+
+State = Tensor | tuple[Tensor, Tensor]
+
+_KERNELS: dict[str, Callable[..., Any]] = {m: rnn.recurrence for m in rnn.MODES}
+_KERNELS.update({m: gru.recurrence for m in gru.MODES})
+_KERNELS.update({m: lstm.recurrence for m in lstm.MODES})
+
+#: The modes that have a native kernel.
+MODES = tuple(_KERNELS)
+_FLOATS = (torch.float32, torch.float64)
+
+
+def recurrence(
+    mode: str,
+    gi: Tensor,
+    state: State,
+    w_hh: Tensor,
+    b_hh: Tensor | None,
+    extra: Tensor | None,
+    batch_sizes: Tensor,
+    reverse: bool,
+) -> tuple[Tensor, State]:
+    """Run one recurrent unit over a whole packed sequence with the native CPU kernel.
+
+    Differentiable (the backward is one reverse walk in C++; a double backward recomputes
+    through the step loop) and one op under ``torch.compile``.
+
+    Args:
+        mode: ``rnn_tanh``, ``rnn_relu``, ``rnn_modrelu``, ``gru`` (or ``lstm``).
+        gi: the input projections ``x_t @ W_ih^T + b_ih`` of every step ``(N, G*H)``, packed:
+            step ``t``'s rows follow step ``t - 1``'s, ``batch_sizes[t]`` of them.
+        state: ``h0`` ``(B, H)`` (for an LSTM ``(h0, c0)``), ``B = batch_sizes[0]``.
+        w_hh: the recurrent matrix ``(G*H, H)``.
+        b_hh: the recurrent bias ``(G*H,)`` or ``None``.
+        extra: modReLU's bias ``(H,)`` for ``rnn_modrelu`` (the LSTM's ``W_hr``), else ``None``.
+        batch_sizes: CPU int64 ``(T,)``, non-increasing (as a ``PackedSequence`` has them).
+        reverse: walk ``t = T-1 .. 0`` (a bidirectional layer's reverse direction).
+
+    Returns:
+        ``(out, h_n)``: every step's hidden state ``(N, H)`` packed like ``gi``, and each
+        sequence's state after its own last step (``t = 0`` in reverse) ``(B, H)``.
+
+    Raises:
+        ValueError: for an unknown mode, a non-CPU or non-float tensor.
+        NativeUnavailable: if the kernels cannot be built here.
+    """
+    if mode not in _KERNELS:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if gi.device.type != "cpu" or gi.dtype not in _FLOATS:
+        raise ValueError(
+            f"gi must be a float32 or float64 CPU tensor, got {gi.dtype} on {gi.device}"
+        )
+    return _KERNELS[mode](mode, gi, state, w_hh, b_hh, extra, batch_sizes, reverse)
