@@ -2,9 +2,9 @@
 
 :func:`reference` runs the cell's step (``seqnorm.layers.spec.SPECS[mode].step``) over
 packed ``gi`` in plain autograd ops, with the same packed-state walk as the kernels (one
-full state buffer; at step ``t`` only the first ``batch_sizes[t]`` rows step). The registered backwards call
-:func:`regrad` instead of their C++ backward when a graph of the gradient is asked for
-(``create_graph=True``), so second derivatives work.
+full state buffer; at step ``t`` only the first ``batch_sizes[t]`` rows step). The
+registered backwards call :func:`regrad` instead of their C++ backward when a graph of the
+gradient is asked for (``create_graph=True``), so second derivatives work.
 """
 
 from __future__ import annotations
