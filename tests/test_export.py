@@ -33,6 +33,10 @@ pytestmark = [pytest.mark.usefixtures("one_thread"),
 #: Ops of the constraints (eigh, svd, solve, matrix_exp), which must not be in a graph.
 CONSTRAINT_OPS = re.compile(r"aten(::|\.)_?(linalg|matrix_exp|svd)")
 
+#: Exported graphs run torch's kernels with the constrained weights as constants; eager CPU
+#: float32 runs seqnorm's native kernels where they are built, which round apart (~1e-7).
+EAGER_TOL = 1e-6
+
 
 def _first(out):
     return out[0] if isinstance(out, tuple) else out
@@ -62,15 +66,15 @@ def test_jit_trace_and_torch_export_equal_eager(kind, cell):
     x = _input(m)
     ref = _first(m(x))
     traced = torch.jit.trace(m, (x,))
-    torch.testing.assert_close(_first(traced(x)), ref, atol=0, rtol=0)
+    torch.testing.assert_close(_first(traced(x)), ref, atol=EAGER_TOL, rtol=0)
     assert not CONSTRAINT_OPS.search(str(traced.inlined_graph))
     ep = torch.export.export(m, (x,))
-    torch.testing.assert_close(_first(ep.module()(x)), ref, atol=0, rtol=0)
+    torch.testing.assert_close(_first(ep.module()(x)), ref, atol=EAGER_TOL, rtol=0)
     ops = _export_graph_ops(ep)
     assert not [o for o in ops if CONSTRAINT_OPS.search(o)], ops
     x2 = torch.randn_like(x)  # the graphs are functions of the input, not of the example
-    torch.testing.assert_close(_first(ep.module()(x2)), _first(m(x2)), atol=0, rtol=0)
-    torch.testing.assert_close(_first(traced(x2)), _first(m(x2)), atol=0, rtol=0)
+    torch.testing.assert_close(_first(ep.module()(x2)), _first(m(x2)), atol=EAGER_TOL, rtol=0)
+    torch.testing.assert_close(_first(traced(x2)), _first(m(x2)), atol=EAGER_TOL, rtol=0)
 
 
 def _onnx_run(m: nn.Module, x: torch.Tensor, dynamo: bool):
@@ -120,9 +124,9 @@ def test_lstm_with_projections_exports():
     m = SpectralLSTM(3, 6, proj_size=2, num_layers=2, constraint="spectral").eval()
     x = _input(m)
     ref = _first(m(x))
-    torch.testing.assert_close(_first(torch.jit.trace(m, (x,))(x)), ref, atol=0, rtol=0)
+    torch.testing.assert_close(_first(torch.jit.trace(m, (x,))(x)), ref, atol=EAGER_TOL, rtol=0)
     ep = torch.export.export(m, (x,))
-    torch.testing.assert_close(_first(ep.module()(x)), ref, atol=0, rtol=0)
+    torch.testing.assert_close(_first(ep.module()(x)), ref, atol=EAGER_TOL, rtol=0)
     torch.testing.assert_close(_onnx_run(m, x, dynamo=True), ref, atol=1e-6, rtol=1e-5)
 
 
@@ -148,8 +152,8 @@ def test_nested_model_exports(dynamo):
     x = torch.randint(0, 11, (5, 2), generator=torch.Generator().manual_seed(0))
     ref = model(x)
     ep = torch.export.export(model, (x,))
-    torch.testing.assert_close(ep.module()(x), ref, atol=0, rtol=0)
-    torch.testing.assert_close(torch.jit.trace(model, (x,))(x), ref, atol=0, rtol=0)
+    torch.testing.assert_close(ep.module()(x), ref, atol=EAGER_TOL, rtol=0)
+    torch.testing.assert_close(torch.jit.trace(model, (x,))(x), ref, atol=EAGER_TOL, rtol=0)
     torch.testing.assert_close(_onnx_run(model, x, dynamo), ref, atol=1e-6, rtol=1e-5)
 
 
@@ -159,11 +163,11 @@ def test_export_after_weights_change_uses_the_new_weights():
     other = SpectralGRU(3, 4, constraint="spectral")
     m.load_state_dict(other.state_dict(), assign=True)  # replaces the tensors
     ep = torch.export.export(m, (x,))
-    torch.testing.assert_close(_first(ep.module()(x)), _first(m(x)), atol=0, rtol=0)
+    torch.testing.assert_close(_first(ep.module()(x)), _first(m(x)), atol=EAGER_TOL, rtol=0)
     with torch.no_grad():
         m.weight_ih_l0.mul_(2)  # in place: the export reads the current values
     ep = torch.export.export(m, (x,))
-    torch.testing.assert_close(_first(ep.module()(x)), _first(m(x)), atol=0, rtol=0)
+    torch.testing.assert_close(_first(ep.module()(x)), _first(m(x)), atol=EAGER_TOL, rtol=0)
 
 
 def test_export_of_a_never_evaluated_module_says_what_to_do():

@@ -395,7 +395,9 @@ def test_torchscript_refused_clearly_tracing_works(ours, theirs):
         exported = torch.jit.trace(m.to_torch(), (x,))
     torch.testing.assert_close(_run(exported, is_cell), _run(m, is_cell), atol=1e-6, rtol=0)
     traced = torch.jit.trace(m, (x,))  # the live module traces too (tests/test_export.py)
-    torch.testing.assert_close(_run(traced, is_cell), _run(m, is_cell), atol=0, rtol=0)
+    torch.testing.assert_close(
+        _run(traced, is_cell), _run(m, is_cell), atol=1e-6, rtol=0
+    )  # eager: native
 
 
 @pytest.mark.slow
