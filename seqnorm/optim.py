@@ -1,4 +1,4 @@
-"""Optimizer parameter groups that give the constrained recurrent parameters their own lr.
+"""Optimizer parameter groups that give the constrained parameters their own learning rate.
 
 The norm-preserving RNN recipes (expRNN, scoRNN, nnRNN) train the parameters behind an
 orthogonal recurrent matrix with a learning rate 10x smaller than the rest.
