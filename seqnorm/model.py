@@ -20,7 +20,7 @@ from torchmetrics import Accuracy, MeanMetric, MeanSquaredError
 from .constraints import check_constraint
 from .guards import NonFiniteGuard, NonFiniteLossError
 from .layers import SpectralGRU, SpectralLSTM, SpectralRNN
-from .linalg import compute_dtype
+from .linalg import check_int, compute_dtype
 from .optim import param_groups
 from .utils import eval_mode
 
@@ -140,8 +140,8 @@ class SeqModel(pl.LightningModule):
         if output_kind not in _OUTPUT_KINDS:
             raise ValueError(f"output_kind must be one of {_OUTPUT_KINDS}, got {output_kind!r}")
         for name, val in (("input_dim", input_dim), ("num_classes", num_classes)):
-            if not isinstance(val, int) or val < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {val!r}")
+            check_int(name, val, minimum=1)
+        check_int("hidden_size", hidden_size, minimum=1, expected="a positive int")
         if not spectral_penalty >= 0:
             raise ValueError(f"spectral_penalty must be >= 0, got {spectral_penalty!r}")
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
