@@ -219,6 +219,7 @@ def native(
     """
     from seqnorm.native import recurrence  # the layers work without the kernels
 
+    lstm = layout.mode == "lstm"
     layer_in, finals = data, []  # (N, I)
     for k in range(layout.num_layers):
         outs = []
@@ -226,11 +227,14 @@ def native(
             j = k * layout.directions + d
             u = weights[j]
             gi = F.linear(layer_in, u.w_ih, u.b_ih)  # (N, G*H): one matmul for all t
-            out, h_n = recurrence(layout.mode, gi, hx[j], u.w_hh, u.b_hh, u.extra,
+            s0 = (hx[0][j], hx[1][j]) if lstm else hx[j]  # (B, R) [, (B, H)]
+            out, h_n = recurrence(layout.mode, gi, s0, u.w_hh, u.b_hh, u.extra,
                                   batch_sizes, d == 1)  # fmt: skip
             outs.append(out)  # (N, H)
             finals.append(h_n)  # (B, H)
         layer_in = torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]  # (N, D*H)
         if layout.dropout and layout.training and k < layout.num_layers - 1:
             layer_in = F.dropout(layer_in, layout.dropout, training=True)
+    if lstm:
+        return layer_in, (torch.stack([h for h, _ in finals]), torch.stack([c for _, c in finals]))
     return layer_in, torch.stack(finals)

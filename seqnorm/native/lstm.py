@@ -195,3 +195,23 @@ def lstm_recurrence(
         gi, h0, c0, w_hh, b_hh, w_hr, batch_sizes, reverse, save
     )
     return out, (h_n, c_n)
+
+
+#: The modes this module's kernel runs (read by :mod:`seqnorm.native.dispatch`).
+MODES = ("lstm",)
+
+
+def recurrence(
+    mode: str,
+    gi: Tensor,
+    state: tuple[Tensor, Tensor],
+    w_hh: Tensor,
+    b_hh: Tensor | None,
+    extra: Tensor | None,
+    batch_sizes: Tensor,
+    reverse: bool,
+) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """:func:`seqnorm.native.recurrence`'s entry for ``mode="lstm"`` (``extra``: ``W_hr``)."""
+    if mode != "lstm":
+        raise ValueError(f"mode must be 'lstm', got {mode!r}")
+    return lstm_recurrence(gi, state, w_hh, b_hh, extra, batch_sizes, reverse)
