@@ -7,8 +7,13 @@ forward, ``loss = mean(output**2)``, backward, ``zero_grad`` -- of:
   gauge: its true ratio is 1.00, so its measured ratio shows the machine's noise);
 * ``torch.nn.utils.parametrizations.spectral_norm`` on the stacked ``weight_hh_l0``, plain and
   inside ``parametrize.cached()``;
-* ``seqnorm.Spectral{RNN,GRU,LSTM}`` for every constraint (fused path), and ``unroll=True``
-  for ``spectral``.
+* ``seqnorm.Spectral{RNN,GRU,LSTM}`` for every constraint (on the active backend: seqnorm's
+  native kernels when they build, see ``seqnorm.native.backend()``), ``unroll=True`` for
+  ``spectral``, and ``spectral, torch kernel`` (the same layer with the backend set to torch);
+* ``GEMM floor``: the per-step ``h @ W_hh^T`` and ``dh`` GEMMs and the one ``dW_hh`` GEMM alone;
+* layer ``modrelu``: ``SpectralRNN(nonlinearity="modrelu")`` against torch's tanh RNN.
+
+Every row is timed as a training step (``train``) and forward only without a graph (``fwd``).
 
 Time: ``torch.utils.benchmark.Timer.blocked_autorange``, in rounds that visit every row in an
 order rotated from round to round; each row's blocks merged (median and IQR over blocks).
@@ -45,24 +50,70 @@ from torch.nn.utils.parametrizations import spectral_norm
 import seqnorm
 
 ROOT = Path(__file__).resolve().parents[1]
-TORCH = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
-OURS = {"rnn": seqnorm.SpectralRNN, "gru": seqnorm.SpectralGRU, "lstm": seqnorm.SpectralLSTM}
+TORCH = {"rnn": nn.RNN, "modrelu": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
+OURS = {"rnn": seqnorm.SpectralRNN, "modrelu": seqnorm.SpectralRNN, "gru": seqnorm.SpectralGRU,
+        "lstm": seqnorm.SpectralLSTM}  # fmt: skip
+GATES = {"rnn": 1, "modrelu": 1, "gru": 3, "lstm": 4}
 CONSTRAINTS = ("none", "spectral", "scaled", "bound", "band", "orthogonal")
+NATIVE = ["spectral, torch kernel", "GEMM floor"]
 VARIANTS = ["torch", "torch (2nd instance, noise gauge)", "torch spectral_norm",
-            "torch spectral_norm + cached()", *CONSTRAINTS, "spectral, unroll=True"]  # fmt: skip
+            "torch spectral_norm + cached()", *CONSTRAINTS, "spectral, unroll=True",
+            *NATIVE]  # fmt: skip
+PASSES = ("train", "fwd")
 RATIO, RATIO_T, GROWTH, MEMORY = 1.05, 784, 1.1, 1.2
+
+
+class Floor(nn.Module):
+    """The GEMMs any implementation must do (the floor): per step ``h @ W_hh^T`` forward and
+    ``dgates @ W_hh`` backward, and one ``dW_hh`` over all ``T*B`` rows."""
+
+    def __init__(self, layer: str, hidden: int) -> None:
+        super().__init__()
+        self.w = torch.randn(GATES[layer] * hidden, hidden) * hidden**-0.5  # (G*H, H)
+        self.hidden = hidden
+        self.backward_too = True
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        T, B = x.shape[:2]
+        if getattr(self, "shape", None) != (T, B):  # buffers reused: no page faults in the floor
+            self.shape, self.h = (T, B), x.new_zeros(B, self.hidden)  # (B, H)
+            self.g = x.new_zeros(T, B, self.w.shape[0])  # (T, B, G*H)
+            self.dh, self.hs = x.new_zeros(B, self.hidden), x.new_zeros(T * B, self.hidden)
+        h, g, dh, hs = self.h, self.g, self.dh, self.hs
+        for t in range(T):
+            torch.mm(h, self.w.t(), out=g[t])
+        if self.backward_too and torch.is_grad_enabled():
+            for t in range(T):
+                torch.mm(g[t], self.w, out=dh)
+            torch.mm(g.view(T * B, -1).t(), hs)  # (G*H, H) = dW_hh
+        return g.new_zeros(1, requires_grad=True), None
+
+
+@contextlib.contextmanager
+def torch_kernel():  # noqa: ANN201
+    """seqnorm's layer on torch's kernels (the native backend switched off)."""
+    seqnorm.native.set_backend("torch")
+    try:
+        yield
+    finally:
+        seqnorm.native.set_backend(None)
 
 
 def build(layer: str, variant: str, hidden: int):  # noqa: ANN201
     """The module of one row (training mode) and the context its forward runs in."""
     torch.manual_seed(0)
+    if variant == "GEMM floor":
+        return Floor(layer, hidden), contextlib.nullcontext
+    nonlin = {"nonlinearity": "modrelu"} if layer == "modrelu" else {}
+    if variant == "spectral, torch kernel":
+        return OURS[layer](1, hidden, constraint="spectral", **nonlin).train(), torch_kernel
     if variant.startswith("torch"):
         module = TORCH[layer](1, hidden)
         if "spectral_norm" in variant:
             spectral_norm(module, "weight_hh_l0")
     else:
         constraint = variant.split(",")[0]
-        module = OURS[layer](1, hidden, constraint=constraint)
+        module = OURS[layer](1, hidden, constraint=constraint, **nonlin)
         module.unroll = "unroll" in variant
     return module.train(), parametrize.cached if "cached" in variant else contextlib.nullcontext
 
@@ -71,8 +122,14 @@ def step(module: nn.Module, ctx, x: torch.Tensor) -> None:  # noqa: ANN001
     """Forward, mean-square loss, backward, zero the gradients."""
     with ctx():
         out, _ = module(x)  # (T, B, H)
-    out.square().mean().backward()
+        out.square().mean().backward()
     module.zero_grad(set_to_none=True)
+
+
+def forward(module: nn.Module, ctx, x: torch.Tensor) -> None:  # noqa: ANN001
+    """Forward only, without a graph."""
+    with ctx(), torch.no_grad():
+        module(x)
 
 
 def peak_mib(layer: str, variant: str, T: int, batch: int, hidden: int) -> float:
@@ -88,6 +145,14 @@ def peak_mib(layer: str, variant: str, T: int, batch: int, hidden: int) -> float
     if out.returncode:
         raise RuntimeError(f"memory run {layer}/{variant}/T={T} failed:\n{out.stderr}")
     return float(out.stdout.strip().splitlines()[-1])
+
+
+def cpu_model() -> str:
+    """lscpu's model name and core count (or the platform's processor string)."""
+    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    info = dict(ln.split(":", 1) for ln in out.splitlines() if ":" in ln)
+    model = info.get("Model name", platform.processor()).strip()
+    return f"{model}, {info.get('CPU(s)', os.cpu_count())} CPUs".replace("  ", " ")
 
 
 def status(field: str) -> int:
@@ -110,33 +175,34 @@ def measure(args: argparse.Namespace) -> pd.DataFrame:
             for variant in args.variants:
                 module, ctx = build(layer, variant, args.hidden)
                 step(module, ctx, x)  # warm-up
-                timers[layer, variant] = benchmark.Timer(
-                    "step(module, ctx, x)",
-                    globals=dict(step=step, module=module, ctx=ctx, x=x),
-                    num_threads=1,
-                )
+                for pas in args.passes:
+                    timers[layer, variant, pas] = benchmark.Timer(
+                        f"{'step' if pas == 'train' else 'forward'}(module, ctx, x)",
+                        globals=dict(step=step, forward=forward, module=module, ctx=ctx, x=x),
+                        num_threads=1,
+                    )
         done: dict = {k: [] for k in timers}
         keys = list(timers)
         for r in range(args.rounds):
             for key in keys[r % len(keys) :] + keys[: r % len(keys)]:
                 done[key].append(timers[key].blocked_autorange(min_run_time=args.min_run_time))
-        for (layer, variant), ms in done.items():
+        for (layer, variant, pas), ms in done.items():
             m = benchmark.Measurement.merge(ms)[0]
-            mem = (
-                float("nan")
-                if args.no_memory
-                else peak_mib(layer, variant, T, args.batch, args.hidden)
-            )
-            rows.append(dict(layer=layer, variant=variant, T=T, ms=1e3 * m.median,
-                             iqr_ms=1e3 * m.iqr, blocks=len(m.times), peak_mib=mem))  # fmt: skip
-            print(f"{layer} {variant} T={T}: {1e3 * m.median:.1f} ms", file=sys.stderr)
+            skip = args.no_memory or pas != "train" or variant == "GEMM floor"
+            mem = float("nan") if skip else peak_mib(layer, variant, T, args.batch, args.hidden)
+            rows.append(dict(layer=layer, variant=variant, T=T, B=args.batch, H=args.hidden,
+                             ms=1e3 * m.median, iqr_ms=1e3 * m.iqr, blocks=len(m.times),
+                             peak_mib=mem, **{"pass": pas}))  # fmt: skip
+            print(f"{layer} {variant} {pas} T={T}: {1e3 * m.median:.1f} ms", file=sys.stderr)
     return pd.DataFrame(rows)
 
 
 def tables(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The measurements with ratios to torch, and the per-row verdicts on the targets."""
-    ref = df[df.variant == "torch"].set_index(["layer", "T"])
-    key = pd.MultiIndex.from_frame(df[["layer", "T"]])
+    if "pass" not in df:
+        df = df.assign(**{"pass": "train"})
+    ref = df[df.variant == "torch"].set_index(["layer", "T", "pass"])
+    key = pd.MultiIndex.from_frame(df[["layer", "T", "pass"]])
     df = df.assign(ratio=df.ms.values / ref.ms.reindex(key).values,
                    mem_ratio=df.peak_mib.values / ref.peak_mib.reindex(key).values)  # fmt: skip
     t_lo, t_hi = df["T"].min(), df["T"].max()
@@ -144,6 +210,7 @@ def tables(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     per_step = df.assign(per=df.ms / df["T"]).pivot_table("per", ["layer", "variant"], "T")
     growth = per_step[t_hi] / per_step[t_lo]
     growth = growth / growth.xs("torch", level="variant").reindex(growth.index, level="layer")
+    df_all, df = df, df[df["pass"] == "train"]
     verdict = (
         df[df["T"] == t_ref]
         .set_index(["layer", "variant"])[["ratio"]]
@@ -153,7 +220,7 @@ def tables(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         (verdict.ratio <= RATIO) & (verdict.growth <= GROWTH)
         & (verdict.worst_mem_ratio.fillna(0) <= MEMORY)
     )  # fmt: skip
-    return df, verdict.reset_index()
+    return df_all, verdict.reset_index()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -168,6 +235,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds per T")
     p.add_argument("--min-run-time", type=float, default=0.5, help="seconds per row and round")
     p.add_argument("--no-memory", action="store_true", help="skip the RSS subprocesses")
+    p.add_argument("--passes", type=lambda s: s.split(","), default=list(PASSES),
+                   help="train (forward+backward) and/or fwd (forward only, no graph)")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="T=20,60, B=16, H=32; prints only")
     p.add_argument("--out", type=Path, default=ROOT / "experiments" / "results" / "speed.md")
     args = p.parse_args(argv)
@@ -184,6 +253,10 @@ def main(argv: list[str] | None = None) -> None:
         "# Speed and memory: seqnorm layers vs torch recurrent layers (CPU, training step)", "",
         f"- {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, one thread; torch "
         f"{torch.__version__}; git {commit}; {started:%Y-%m-%d %H:%M} UTC; 1-min load {load:.1f}",
+        f"- CPU: {cpu_model()}; allocator: "
+        + (", ".join(f"{k}={v}" for k, v in os.environ.items() if k.startswith("MALLOC_"))
+           or "glibc defaults (no MALLOC_* set)")
+        + f"; seqnorm backend: {seqnorm.native.backend()}",
         f"- B={args.batch}, H={args.hidden}, input size 1; `torch.utils.benchmark.Timer."
         f"blocked_autorange(min_run_time={args.min_run_time})` in {args.rounds} interleaved "
         "rounds: median and IQR of all blocks; "

@@ -342,6 +342,8 @@ def _native_ok(spec: CellSpec, x: Tensor) -> bool:
     """Whether this call runs seqnorm's native CPU kernels (see :mod:`seqnorm.native`)."""
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or not x.numel():
         return False
+    if autocast_enabled(x):  # mixed precision: torch's kernels, which autocast knows
+        return False
     if spec.native is None or spec.native not in native.MODES:
         return False
     return native.backend().name == "native"

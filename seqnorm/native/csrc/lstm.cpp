@@ -152,7 +152,9 @@ struct Steps {
 at::Tensor gemm_nt(const at::Tensor& x, const at::Tensor& w, at::Tensor& out) {
   static const c10::optional<c10::OperatorHandle> onednn =
       c10::Dispatcher::singleton().findSchema({"mkldnn::_linear_pointwise", ""});
-  if (onednn && x.scalar_type() == at::kFloat) {
+  // oneDNN's per-call setup (~tens of us) only pays off on GEMMs of a few M multiply-adds
+  const bool big = x.size(0) * x.size(1) * w.size(0) >= (int64_t(1) << 21);
+  if (onednn && big && x.scalar_type() == at::kFloat) {
     std::vector<c10::IValue> stack{x, w, c10::IValue(), std::string("none"),
                                    c10::List<c10::optional<at::Scalar>>(), std::string("")};
     onednn->callBoxed(&stack);
