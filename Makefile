@@ -44,8 +44,14 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check seqnorm tests experiments
 	$(VENV)/bin/ruff format --check seqnorm tests experiments
 
+# The issue-20 shapes, one thread: the sequential-MNIST shape and a wide short one.
+BENCH_ROWS ?= torch;spectral;spectral, torch kernel;GEMM floor
 bench: $(STAMP)
-	$(PY) experiments/bench_speed.py
+	OMP_NUM_THREADS=1 $(PY) experiments/bench_speed.py --seq-lens 784 --batch 128 --hidden 128 \
+	  --variants "$(BENCH_ROWS)" --rounds 3 --min-run-time 1 --passes train,fwd
+	OMP_NUM_THREADS=1 $(PY) experiments/bench_speed.py --seq-lens 100 --batch 64 --hidden 512 \
+	  --variants "$(BENCH_ROWS)" --rounds 3 --min-run-time 1 --passes train,fwd \
+	  --out experiments/results/speed_h512.md
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
