@@ -71,7 +71,7 @@ def test_sigma_max_names_every_gate():
         ({"output_kind": "seq2seq"}, "output_kind must be one of"),
         ({"num_classes": 0}, "num_classes must be an int >= 1"),
         ({"spectral_penalty": -1.0}, "spectral_penalty must be >= 0"),
-        ({"hidden_size": 0}, "hidden_size must be greater than zero"),
+        ({"hidden_size": 0}, "hidden_size must be a positive int"),
     ],
 )
 def test_model_errors(kwargs, match):
