@@ -99,6 +99,16 @@ def torch_kernel():  # noqa: ANN201
         seqnorm.native.set_backend(None)
 
 
+@contextlib.contextmanager
+def native_kernel():  # noqa: ANN201
+    """seqnorm's layer on its native kernels, also where ``auto`` would pick torch's (LSTM)."""
+    seqnorm.native.set_backend("native")
+    try:
+        yield
+    finally:
+        seqnorm.native.set_backend(None)
+
+
 def build(layer: str, variant: str, hidden: int):  # noqa: ANN201
     """The module of one row (training mode) and the context its forward runs in."""
     torch.manual_seed(0)
@@ -115,7 +125,12 @@ def build(layer: str, variant: str, hidden: int):  # noqa: ANN201
         constraint = variant.split(",")[0]
         module = OURS[layer](1, hidden, constraint=constraint, **nonlin)
         module.unroll = "unroll" in variant
-    return module.train(), parametrize.cached if "cached" in variant else contextlib.nullcontext
+    if "cached" in variant:
+        return module.train(), parametrize.cached
+    ours = isinstance(module, tuple(OURS.values()))
+    if ours and not module.unroll and seqnorm.native.available():  # seqnorm's: native kernels
+        return module.train(), native_kernel
+    return module.train(), contextlib.nullcontext
 
 
 def step(module: nn.Module, ctx, x: torch.Tensor) -> None:  # noqa: ANN001

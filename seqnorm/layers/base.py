@@ -346,7 +346,8 @@ def _native_ok(spec: CellSpec, x: Tensor) -> bool:
         return False
     if spec.native is None or spec.native not in native.MODES:
         return False
-    return native.backend().name == "native"
+    chosen = native.backend()
+    return chosen.name == "native" and (spec.native_by_default or chosen.forced)
 
 
 def _permute(state: State, index: Tensor) -> State:

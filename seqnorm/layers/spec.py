@@ -65,6 +65,9 @@ class CellSpec:
         sequence_kernel: seqnorm's own whole-sequence kernel for the torch path when torch
             has none: ``kernel(gi (T, B, G*H), h0, w_hh, b_hh, *extras) -> (T, B, H)``.
         native: the native CPU kernel's mode name in :mod:`seqnorm.native`, when it has one.
+        native_by_default: whether the layers run that kernel under ``SEQNORM_BACKEND=auto``
+            (``False``: only when the native backend is forced, because torch's own kernel
+            measured as fast or faster; see ``experiments/results/speed.md``).
         extras: the tensors ``step`` takes after ``b_hh``, in order.
         chrono: gate name -> sign of the bias that chrono initialisation sets (Tallec &
             Ollivier 2018): ``+log(U(1, T_max - 1))`` on the gate, its negative for ``-1``.
@@ -82,6 +85,7 @@ class CellSpec:
     torch_cell: type[nn.Module]
     sequence_kernel: Callable[..., Tensor] | None = None
     native: str | None = None
+    native_by_default: bool = True
     extras: tuple[Extra, ...] = ()
     chrono: Mapping[str, float] = field(default_factory=dict)
     nonlinearity: str | None = None
@@ -114,7 +118,7 @@ SPECS: dict[str, CellSpec] = dict(
                                 native="rnn_modrelu", extras=(_MODRELU,),
                                 nonlinearity="modrelu"),
         "lstm": CellSpec("lstm", ("i", "f", "g", "o"), steps.lstm_step, _VF.lstm, nn.LSTM,
-                         nn.LSTMCell, native="lstm", extras=(_HR,),
+                         nn.LSTMCell, native="lstm", native_by_default=False, extras=(_HR,),
                          chrono={"f": 1.0, "i": -1.0}, cell_state=True),
         "gru": CellSpec("gru", ("r", "z", "n"), steps.gru_step, _VF.gru, nn.GRU, nn.GRUCell,
                         native="gru", chrono={"z": 1.0}),

@@ -29,6 +29,10 @@ class Backend:
 
     name: str
     reason: str
+    #: Whether the native backend was asked for by name (``SEQNORM_BACKEND=native`` or
+    #: ``set_backend("native")``): then every mode with a kernel runs it, also those whose
+    #: spec prefers torch's kernel under ``auto`` (``CellSpec.native_by_default``).
+    forced: bool = False
 
 
 def _requested() -> tuple[str, str]:
@@ -72,7 +76,9 @@ def backend() -> Backend:
             result = Backend("torch", str(e))
         else:
             result = Backend(
-                "native", f"{source}: native kernels loaded from {build.library_path()}"
+                "native",
+                f"{source}: native kernels loaded from {build.library_path()}",
+                forced=choice == "native",
             )
     _resolved[key] = result
     return result
