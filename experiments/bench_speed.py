@@ -61,6 +61,9 @@ VARIANTS = ["torch", "torch (2nd instance, noise gauge)", "torch spectral_norm",
             *NATIVE]  # fmt: skip
 PASSES = ("train", "fwd")
 RATIO, RATIO_T, GROWTH, MEMORY = 1.05, 784, 1.1, 1.2
+#: Issue 20's targets for seqnorm's native "spectral" rows, training step / forward only,
+#: as ratios to torch's own layer (modReLU: to torch's tanh RNN), plain python.
+TARGETS = {"gru": (0.5, 0.6), "rnn": (0.7, 0.7), "modrelu": (0.6, 0.8), "lstm": (0.6, 1.0)}
 
 
 class Floor(nn.Module):
@@ -235,6 +238,20 @@ def tables(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         (verdict.ratio <= RATIO) & (verdict.growth <= GROWTH)
         & (verdict.worst_mem_ratio.fillna(0) <= MEMORY)
     )  # fmt: skip
+    fwd = df_all[(df_all["pass"] == "fwd") & (df_all["T"] == t_ref)]
+    verdict["fwd_ratio"] = fwd.set_index(["layer", "variant"]).ratio.reindex(verdict.index)
+    layers = verdict.index.get_level_values("layer")
+    verdict["target_train"] = [TARGETS.get(k, (float("nan"),) * 2)[0] for k in layers]
+    verdict["target_fwd"] = [TARGETS.get(k, (float("nan"),) * 2)[1] for k in layers]
+    native = verdict.index.get_level_values("variant") == "spectral"
+    meets = (
+        (verdict.ratio <= verdict.target_train)
+        & (verdict.fwd_ratio.isna() | (verdict.fwd_ratio <= verdict.target_fwd))
+        & (verdict.worst_mem_ratio.fillna(0) <= 1.0)
+    )
+    verdict["meets_issue20"] = [
+        ("yes" if m else "no") if n else "" for m, n in zip(meets, native, strict=True)
+    ]
     return df_all, verdict.reset_index()
 
 
@@ -271,14 +288,17 @@ def main(argv: list[str] | None = None) -> None:
         f"- CPU: {cpu_model()}; allocator: "
         + (", ".join(f"{k}={v}" for k, v in os.environ.items() if k.startswith("MALLOC_"))
            or "glibc defaults (no MALLOC_* set)")
-        + f"; seqnorm backend: {seqnorm.native.backend()}",
+        + f"; seqnorm backend: {seqnorm.native.backend().name}",
         f"- B={args.batch}, H={args.hidden}, input size 1; `torch.utils.benchmark.Timer."
         f"blocked_autorange(min_run_time={args.min_run_time})` in {args.rounds} interleaved "
         "rounds: median and IQR of all blocks; "
         "peak MiB: rise of `VmHWM` over `VmRSS` during one step in a fresh process",
         f"- Targets: ratio <= {RATIO} at T={RATIO_T}; per-step growth smallest->largest T "
         f"<= {GROWTH}x torch's; peak memory <= {MEMORY}x torch's (worst T)",
-        "- Regenerate: `python experiments/bench_speed.py`", "",
+        "- `spectral` rows run seqnorm's native kernels (forced); `spectral, torch kernel` the "
+        "same layer on torch's; `meets_issue20`: train and forward ratios within issue 20's "
+        "targets and peak memory <= torch's",
+        "- Regenerate: `make bench`", "",
         "## Verdicts", "", verdict.to_markdown(index=False, floatfmt=".2f"), "",
         "## Measurements", "", df.to_markdown(index=False, floatfmt=".3g"),
     ]) + "\n"  # fmt: skip
