@@ -42,6 +42,7 @@ from pytorch_lightning.utilities.model_helpers import is_overridden
 from torch import Tensor
 
 from . import plots
+from .linalg import check_int
 from .probes import find_layers, hidden_grad_norms, summarize, weight_spectrum
 from .rundir import RunDirOutput
 from .utils import eval_mode
@@ -51,12 +52,6 @@ __all__ = ["GradientFlowMonitor", "SpectrumMonitor"]
 
 def _is_wandb(logger: Any) -> bool:
     return any(c.__name__ == "WandbLogger" for c in type(logger).__mro__)
-
-
-def _check_int(name: str, value: Any, low: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return value
 
 
 @contextmanager
@@ -80,13 +75,13 @@ class _Monitor(pl.Callback, RunDirOutput):
         dirpath: str | None = None,
         run_id: str | None = None,
     ) -> None:
-        self.every_n_steps = _check_int("every_n_steps", every_n_steps, 1)
+        self.every_n_steps = check_int("every_n_steps", every_n_steps, 1)
         self.dirpath = dirpath
         self.run_id = run_id
         self.log_images = bool(log_images)
         if image_every_n_steps is None:
             image_every_n_steps = 10 * every_n_steps
-        self.image_every_n_steps = _check_int("image_every_n_steps", image_every_n_steps, 1)
+        self.image_every_n_steps = check_int("image_every_n_steps", image_every_n_steps, 1)
         self._last_step: int | None = None
         self._last_image_step: int | None = None
 
@@ -284,7 +279,7 @@ class GradientFlowMonitor(_Monitor):
         run_id: str | None = None,
     ) -> None:
         super().__init__(every_n_steps, log_images, image_every_n_steps, dirpath, run_id)
-        self.num_samples = _check_int("num_samples", num_samples, 1)
+        self.num_samples = check_int("num_samples", num_samples, 1)
         self.history: list[tuple[int, Tensor]] = []
         self._batch: tuple[Tensor, Tensor] | None = None
         self._labels: list[str] = []
