@@ -29,9 +29,6 @@ $(STAMP): pyproject.toml
 	  echo "$(TORCH_SPEC) is not in pip's local or default index: trying $(TORCH_WHEELS)"; \
 	  $(PY) -m pip install --quiet $(TORCH_SPEC) --find-links $(TORCH_WHEELS); }
 	$(PY) -m pip install --quiet -e ".[dev]"
-	@# Build the native CPU kernels now (cached; where they cannot build, the layers warn once
-	@# and run torch's kernels).
-	$(PY) -c "from seqnorm import native; print('seqnorm backend:', native.backend().name)"
 	touch $(STAMP)
 
 demo: $(STAMP)
