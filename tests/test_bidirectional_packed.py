@@ -151,9 +151,9 @@ def test_modrelu_bidirectional_parameters_and_paths():
         layer.unroll = unroll
         out, h = layer(x)
         results.append((out, h, torch.autograd.grad(out.pow(2).sum(), [x, *layer.parameters()])))
-    (o1, h1, g1), (o2, h2, g2) = results
-    torch.testing.assert_close(o1, o2, atol=1e-6, rtol=0)
-    torch.testing.assert_close(h1, h2, atol=1e-6, rtol=0)
+    (o1, h1, g1), (o2, h2, g2) = results  # float32: 1e-5, the native kernels' contract
+    torch.testing.assert_close(o1, o2, atol=1e-5, rtol=0)
+    torch.testing.assert_close(h1, h2, atol=1e-5, rtol=0)
     for a, b in zip(g1, g2, strict=True):  # float32 sums of different orders
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 

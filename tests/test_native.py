@@ -140,15 +140,47 @@ def test_double_backward_matches_step_loop():
     torch.testing.assert_close(gg, rgg, **TOL[torch.float64])
 
 
+@pytest.mark.parametrize("projected", [False, True], ids=["gi", "x+w_ih"])
 @pytest.mark.parametrize("op", ["rnn_forward", "gru_forward"])
-def test_opcheck(op):
+def test_opcheck(op, projected):
     mode = "rnn_modrelu" if op == "rnn_forward" else "gru"
     gi, h0, w, b, extra = _inputs(mode, torch.float64, [3, 2], H=3)
-    args = (gi, h0, w, b, extra) if op == "rnn_forward" else (gi, h0, w, b)
-    args = (mode, *args) if op == "rnn_forward" else args
-    torch.library.opcheck(
-        getattr(torch.ops.seqnorm, op), (*args, torch.tensor([3, 2]), False, True)
-    )
+    x, w_ih, b_ih = gi, None, None
+    if projected:
+        x = torch.randn(5, 2, dtype=torch.float64, requires_grad=True)
+        w_ih = torch.randn(gi.shape[1], 2, dtype=torch.float64, requires_grad=True)
+        b_ih = torch.randn(gi.shape[1], dtype=torch.float64, requires_grad=True)
+    if op == "rnn_forward":
+        args = (mode, x, w_ih, b_ih, h0, w, b, extra, torch.tensor([3, 2]), False)
+    else:
+        args = (x, w_ih, b_ih, h0, w, b, torch.tensor([3, 2]), False, True)
+    torch.library.opcheck(getattr(torch.ops.seqnorm, op), args)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("mode", MODES)
+def test_sequence_projects_inside_the_op(mode, reverse, dtype):
+    """``sequence`` = the input projection (one GEMM in the op) + ``recurrence``, every
+    gradient included (x, w_ih, b_ih), for packed rows and with only ``h_n`` or only the
+    output used (the other gradient never materialised), and an expanded output gradient."""
+    sizes = [5, 5, 3, 2, 2, 1]
+    _, h0, w, b, extra = _inputs(mode, dtype, sizes, H=6)
+    G, N = SPECS[mode].num_gates, sum(sizes)
+    x = torch.randn(N, 4, dtype=dtype, requires_grad=True)
+    w_ih = (torch.randn(G * 6, 4, dtype=dtype) * 0.5).requires_grad_()
+    b_ih = torch.randn(G * 6, dtype=dtype, requires_grad=True)
+    bs = torch.tensor(sizes)
+    out, h_n = native.sequence(mode, x, w_ih, b_ih, h0, w, b, extra, bs, reverse)
+    ref_out, ref_h = _loop(mode, F.linear(x, w_ih, b_ih), h0, w, b, extra, sizes, reverse)
+    torch.testing.assert_close(out, ref_out, **TOL[dtype])
+    torch.testing.assert_close(h_n, ref_h, **TOL[dtype])
+    leaves = [t for t in (x, w_ih, b_ih, h0, w, b, extra) if t is not None]
+    for pick in (lambda o, h: o.sum(), lambda o, h: (h * h).sum(), lambda o, h: (o * o).mean()):
+        got = torch.autograd.grad(pick(out, h_n), leaves, retain_graph=True)
+        want = torch.autograd.grad(pick(ref_out, ref_h), leaves, retain_graph=True)
+        for a, e in zip(got, want, strict=True):
+            torch.testing.assert_close(a, e, **TOL[dtype])
 
 
 def test_compiles_without_graph_break():

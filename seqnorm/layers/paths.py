@@ -188,13 +188,13 @@ def unrolled(
 def native(
     layout: Layout, data: Tensor, batch_sizes: Tensor, hx: State, weights: list[Unit]
 ) -> tuple[Tensor, State]:
-    """seqnorm's native CPU kernels (:func:`seqnorm.native.recurrence`), one call per unit.
+    """seqnorm's native CPU kernels (:func:`seqnorm.native.sequence`), one call per unit.
 
     ``data`` ``(N, I)`` packed with ``batch_sizes`` (a padded batch: ``[B] * T``); the input
-    projection of every step is one ``F.linear`` per unit. Returns the output ``(N, D*R)``
+    projection of every step is one GEMM per unit, inside the op. Returns the output ``(N, D*R)``
     and the final state ``(L*D, B, ·)``.
     """
-    from seqnorm.native import recurrence  # the layers work without the kernels
+    from seqnorm.native import sequence  # the layers work without the kernels
 
     lstm = layout.spec.cell_state
     layer_in, finals = data, []  # (N, I)
@@ -203,11 +203,11 @@ def native(
         for d in range(layout.directions):
             j = k * layout.directions + d
             u = weights[j]
-            gi = F.linear(layer_in, u.w_ih, u.b_ih)  # (N, G*H): one matmul for all t
             s0: State = (hx[0][j], hx[1][j]) if lstm else hx[j]
             extra = u.extras[0] if u.extras else None  # modReLU's bias or W_hr
-            out, final = recurrence(layout.spec.native, gi, s0, u.w_hh, u.b_hh, extra,
-                                    batch_sizes, d == 1)  # fmt: skip
+            # the input projection of all steps is one GEMM inside the op
+            out, final = sequence(layout.spec.native, layer_in, u.w_ih, u.b_ih, s0, u.w_hh,
+                                  u.b_hh, extra, batch_sizes, d == 1)  # fmt: skip
             outs.append(out)  # (N, R)
             finals.append(final)  # (B, R), or ((B, R), (B, H))
         layer_in = torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]  # (N, D*R)

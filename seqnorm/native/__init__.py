@@ -6,7 +6,7 @@ The layers use them on CPU (float32, float64) when they build here; otherwise, o
 
 from .backend import Backend, available, backend, set_backend
 from .build import NativeUnavailable
-from .dispatch import MODES, recurrence
+from .dispatch import MODES, recurrence, sequence
 from .memory import tune_allocator
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "available",
     "backend",
     "recurrence",
+    "sequence",
     "set_backend",
     "tune_allocator",
 ]

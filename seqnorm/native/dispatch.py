@@ -10,13 +10,13 @@ from torch import Tensor
 
 from . import gru, lstm, rnn
 
-__all__ = ["MODES", "recurrence"]
+__all__ = ["MODES", "recurrence", "sequence"]
 
 State = Tensor | tuple[Tensor, Tensor]
 
-_KERNELS: dict[str, Callable[..., Any]] = {m: rnn.recurrence for m in rnn.MODES}
-_KERNELS.update({m: gru.recurrence for m in gru.MODES})
-_KERNELS.update({m: lstm.recurrence for m in lstm.MODES})
+_KERNELS: dict[str, Callable[..., Any]] = {m: rnn.sequence for m in rnn.MODES}
+_KERNELS.update({m: gru.sequence for m in gru.MODES})
+_KERNELS.update({m: lstm.sequence for m in lstm.MODES})
 
 #: The modes that have a native kernel.
 MODES = tuple(_KERNELS)
@@ -57,10 +57,43 @@ def recurrence(
         ValueError: for an unknown mode, a non-CPU or non-float tensor.
         NativeUnavailable: if the kernels cannot be built here.
     """
+    return sequence(mode, gi, None, None, state, w_hh, b_hh, extra, batch_sizes, reverse)
+
+
+def sequence(
+    mode: str,
+    x: Tensor,
+    w_ih: Tensor | None,
+    b_ih: Tensor | None,
+    state: State,
+    w_hh: Tensor,
+    b_hh: Tensor | None,
+    extra: Tensor | None,
+    batch_sizes: Tensor,
+    reverse: bool,
+) -> tuple[Tensor, State]:
+    """:func:`recurrence` with the input projection inside the op: ``gi = x @ w_ih^T + b_ih``
+    for all steps as one GEMM into reused memory (``gi`` is not kept for the backward, and
+    ``dx``, ``dw_ih``, ``db_ih`` come back as one GEMM or reduction each).
+
+    Args:
+        x: the unit's input ``(N, I)``, packed like ``gi``; with ``w_ih=None``, ``gi`` itself.
+        w_ih: ``(G*H, I)`` or ``None``.
+        b_ih: ``(G*H,)`` or ``None``.
+        The others as in :func:`recurrence`.
+
+    Returns:
+        ``(out, h_n)`` as :func:`recurrence`.
+
+    Raises:
+        ValueError: for an unknown mode, a non-CPU or non-float tensor.
+        NativeUnavailable: if the kernels cannot be built here.
+    """
     if mode not in _KERNELS:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if gi.device.type != "cpu" or gi.dtype not in _FLOATS:
+    if x.device.type != "cpu" or x.dtype not in _FLOATS:
+        name = "gi" if w_ih is None else "x"
         raise ValueError(
-            f"gi must be a float32 or float64 CPU tensor, got {gi.dtype} on {gi.device}"
+            f"{name} must be a float32 or float64 CPU tensor, got {x.dtype} on {x.device}"
         )
-    return _KERNELS[mode](mode, gi, state, w_hh, b_hh, extra, batch_sizes, reverse)
+    return _KERNELS[mode](mode, x, w_ih, b_ih, state, w_hh, b_hh, extra, batch_sizes, reverse)

@@ -18,42 +18,51 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .reference import reference
+from .reference import reference, regrad
 
 __all__ = ["lstm_recurrence", "lstm_reference"]
 
 torch.library.define(
     "seqnorm::lstm_forward",
-    "(Tensor gi, Tensor h0, Tensor c0, Tensor w_hh, Tensor? b_hh, Tensor? w_hr, "
-    "Tensor batch_sizes, bool reverse, bool save) "
+    "(Tensor x, Tensor? w_ih, Tensor? b_ih, Tensor h0, Tensor c0, Tensor w_hh, Tensor? b_hh, "
+    "Tensor? w_hr, Tensor batch_sizes, bool reverse, bool save) "
     "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
 )
 torch.library.define(
     "seqnorm::lstm_backward",
-    "(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor h0, Tensor c0, Tensor w_hh, "
-    "Tensor? w_hr, Tensor out, Tensor gates, Tensor cs, Tensor m, Tensor batch_sizes, "
-    "bool reverse, bool need_bias) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+    "(Tensor? grad_out, Tensor? grad_hn, Tensor? grad_cn, Tensor x, Tensor? w_ih, "
+    "bool has_b_ih, Tensor h0, Tensor c0, Tensor w_hh, Tensor? w_hr, Tensor out, "
+    "Tensor gates, Tensor cs, Tensor m, Tensor batch_sizes, bool reverse, bool need_bias) "
+    "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
 )
 
 
 @torch.library.register_fake("seqnorm::lstm_forward")
-def _forward_fake(gi, h0, c0, w_hh, b_hh, w_hr, batch_sizes, reverse, save):  # noqa: ANN001, ANN202
-    n, h = gi.shape[0], gi.shape[1] // 4
-    r = h0.shape[1]
+def _forward_fake(x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, batch_sizes, reverse, save):  # noqa: ANN001, ANN202
+    from .build import load_library
+
+    load_library()  # tracing runs this: the compiled graph will call the kernel
+    n, h, r = x.shape[0], c0.shape[1], h0.shape[1]
     if not save:
-        return (gi.new_empty((n, r)), torch.empty_like(h0), torch.empty_like(c0),
-                gi.new_empty((0,)), gi.new_empty((0,)), gi.new_empty((0,)))  # fmt: skip
-    m = gi.new_empty((n, h)) if w_hr is not None else gi.new_empty((0,))
-    return (gi.new_empty((n, r)), torch.empty_like(h0), torch.empty_like(c0),
-            gi.new_empty((n, 4 * h)), gi.new_empty((n, h)), m)  # fmt: skip
+        return (x.new_empty((n, r)), torch.empty_like(h0), torch.empty_like(c0),
+                x.new_empty((0,)), x.new_empty((0,)), x.new_empty((0,)))  # fmt: skip
+    m = x.new_empty((n, h)) if w_hr is not None else x.new_empty((0,))
+    return (x.new_empty((n, r)), torch.empty_like(h0), torch.empty_like(c0),
+            x.new_empty((n, 4 * h)), x.new_empty((n, h)), m)  # fmt: skip
 
 
 @torch.library.register_fake("seqnorm::lstm_backward")
-def _backward_fake(grad_out, grad_hn, grad_cn, h0, c0, w_hh, w_hr, out, gates, cs, m,  # noqa: ANN001, ANN202
-                   batch_sizes, reverse, need_bias):  # fmt: skip
-    db = gates.new_empty((gates.shape[1],)) if need_bias else gates.new_empty((0,))
-    dw_hr = torch.empty_like(w_hr) if w_hr is not None else gates.new_empty((0,))
-    return (torch.empty_like(gates), torch.empty_like(h0), torch.empty_like(c0),
+def _backward_fake(grad_out, grad_hn, grad_cn, x, w_ih, has_b_ih, h0, c0, w_hh, w_hr, out,  # noqa: ANN001, ANN202
+                   gates, cs, m, batch_sizes, reverse, need_bias):  # fmt: skip
+    none = gates.new_empty((0,))
+    db = gates.new_empty((gates.shape[1],)) if need_bias else none
+    dw_hr = torch.empty_like(w_hr) if w_hr is not None else none
+    if w_ih is None:
+        d_w_ih = d_b_ih = none
+    else:
+        d_w_ih = torch.empty_like(w_ih)
+        d_b_ih = w_ih.new_empty((w_ih.shape[0],)) if has_b_ih else none
+    return (torch.empty_like(x), d_w_ih, d_b_ih, torch.empty_like(h0), torch.empty_like(c0),
             torch.empty_like(w_hh), db, dw_hr)  # fmt: skip
 
 
@@ -77,43 +86,30 @@ def lstm_reference(
 
 
 def _setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
-    gi, h0, c0, w_hh, b_hh, w_hr, batch_sizes, reverse, _save = inputs
+    x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, batch_sizes, reverse, _save = inputs
     out, _, _, gates, cs, m = output
     ctx.reverse = reverse
-    ctx.has_bias = b_hh is not None
-    ctx.has_proj = w_hr is not None
-    ctx.save_for_backward(gi, h0, c0, w_hh, b_hh, w_hr, batch_sizes, out, gates, cs, m)
+    ctx.mark_non_differentiable(gates, cs, m)
+    ctx.set_materialize_grads(False)  # an unused output costs no zero-filled gradient
+    ctx.save_for_backward(x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, batch_sizes, out, gates, cs, m)
 
 
 def _backward(ctx: Any, g_out, g_hn, g_cn, *_unused):  # noqa: ANN001, ANN202
-    gi, h0, c0, w_hh, b_hh, w_hr, batch_sizes, out, gates, cs, m = ctx.saved_tensors
-    g_out = torch.zeros_like(out) if g_out is None else g_out
-    g_hn = torch.zeros_like(h0) if g_hn is None else g_hn
-    g_cn = torch.zeros_like(c0) if g_cn is None else g_cn
+    x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, batch_sizes, out, gates, cs, m = ctx.saved_tensors
+    if g_out is None and g_hn is None and g_cn is None:
+        return (None,) * 11
     if torch.is_grad_enabled():  # create_graph=True: a differentiable recomputation
-        return _double_backward(ctx, (gi, h0, c0, w_hh, b_hh, w_hr), batch_sizes,
-                                (g_out, g_hn, g_cn))  # fmt: skip
-    dgi, dh0, dc0, dw_hh, db_hh, dw_hr = torch.ops.seqnorm.lstm_backward(
-        g_out, g_hn, g_cn, h0, c0, w_hh, w_hr if ctx.has_proj else None, out, gates, cs, m,
-        batch_sizes, ctx.reverse, ctx.has_bias and ctx.needs_input_grad[4],
+        d = regrad("lstm", (x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr), (g_out, g_hn, g_cn),
+                   (batch_sizes, ctx.reverse))  # fmt: skip
+        return (*d, None, None, None)
+    need_bias = b_hh is not None and ctx.needs_input_grad[6]
+    dx, dw_ih, db_ih, dh0, dc0, dw_hh, db_hh, dw_hr = torch.ops.seqnorm.lstm_backward(
+        g_out, g_hn, g_cn, x, w_ih, b_ih is not None, h0, c0, w_hh, w_hr, out, gates, cs, m,
+        batch_sizes, ctx.reverse, need_bias,
     )  # fmt: skip
-    return (dgi, dh0, dc0, dw_hh, db_hh if ctx.has_bias else None,
-            dw_hr if ctx.has_proj else None, None, None, None)  # fmt: skip
-
-
-def _double_backward(ctx: Any, inputs: tuple, batch_sizes: Tensor, grads: tuple) -> tuple:
-    wanted = [i for i, x in enumerate(inputs) if x is not None and ctx.needs_input_grad[i]]
-    with torch.enable_grad():
-        gi, h0, c0, w_hh, b_hh, w_hr = inputs
-        out, (h_n, c_n) = lstm_reference(gi, (h0, c0), w_hh, b_hh, w_hr, batch_sizes, ctx.reverse)
-        got = torch.autograd.grad(
-            (out, h_n, c_n), [inputs[i] for i in wanted], grads,
-            create_graph=True, allow_unused=True,
-        )  # fmt: skip
-    result: list[Tensor | None] = [None] * 9
-    for i, g in zip(wanted, got, strict=True):
-        result[i] = g
-    return tuple(result)
+    return (dx, dw_ih if w_ih is not None else None, db_ih if b_ih is not None else None,
+            dh0, dc0, dw_hh, db_hh if need_bias else None, dw_hr if w_hr is not None else None,
+            None, None, None)  # fmt: skip
 
 
 torch.library.register_autograd("seqnorm::lstm_forward", _backward, setup_context=_setup_context)
@@ -176,9 +172,26 @@ def lstm_recurrence(
     if gi.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"gi must be float32 or float64, got {gi.dtype}")
     load_library()
-    save = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    return _run(gi, None, None, state, w_hh, b_hh, w_hr, batch_sizes, reverse)
+
+
+def _run(
+    x: Tensor,
+    w_ih: Tensor | None,
+    b_ih: Tensor | None,
+    state: tuple[Tensor, Tensor],
+    w_hh: Tensor,
+    b_hh: Tensor | None,
+    w_hr: Tensor | None,
+    batch_sizes: Tensor,
+    reverse: bool,
+) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    h0, c0 = state
+    save = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr)
+    )
     out, h_n, c_n, *_ = torch.ops.seqnorm.lstm_forward(
-        gi, h0, c0, w_hh, b_hh, w_hr, batch_sizes, reverse, save
+        x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, batch_sizes, reverse, save
     )
     return out, (h_n, c_n)
 
@@ -201,3 +214,27 @@ def recurrence(
     if mode != "lstm":
         raise ValueError(f"mode must be 'lstm', got {mode!r}")
     return lstm_recurrence(gi, state, w_hh, b_hh, extra, batch_sizes, reverse)
+
+
+def sequence(
+    mode: str,
+    x: Tensor,
+    w_ih: Tensor | None,
+    b_ih: Tensor | None,
+    state: tuple[Tensor, Tensor],
+    w_hh: Tensor,
+    b_hh: Tensor | None,
+    extra: Tensor | None,
+    batch_sizes: Tensor,
+    reverse: bool,
+) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """:func:`seqnorm.native.sequence`'s entry for ``mode="lstm"`` (``extra``: ``W_hr``)."""
+    if mode != "lstm":
+        raise ValueError(f"mode must be 'lstm', got {mode!r}")
+    if w_ih is None:
+        return lstm_recurrence(x, state, w_hh, b_hh, extra, batch_sizes, reverse)
+    from .build import load_library
+
+    if not torch.compiler.is_compiling():
+        load_library()
+    return _run(x, w_ih, b_ih, state, w_hh, b_hh, extra, batch_sizes, reverse)

@@ -59,29 +59,39 @@ def reference(
 def regrad(
     mode: str,
     inputs: Sequence[Tensor | None],
-    grads: Sequence[Tensor],
+    grads: Sequence[Tensor | None],
     extra_args: tuple[Tensor, bool],
 ) -> list[Tensor | None]:
-    """Gradients of ``reference`` w.r.t. ``inputs`` = ``(gi, state..., w_hh, b_hh, extra)``
-    as a differentiable graph (double backward): ``grads`` are the output gradients."""
+    """Gradients of the projected recurrence w.r.t. ``inputs`` = ``(x, w_ih, b_ih, state...,
+    w_hh, b_hh, extra)`` as a differentiable graph (double backward). ``gi`` is
+    ``F.linear(x, w_ih, b_ih)`` (``x`` itself without ``w_ih``); ``grads`` are the output
+    gradients (``None``: zero). An input that does not need a gradient gets ``None``."""
     batch_sizes, reverse = extra_args
     lstm = mode == "lstm"
     with torch.enable_grad():
         leaves = [x if x is not None and x.requires_grad else None for x in inputs]
-        if lstm:
-            gi, h0, c0, w_hh, b_hh, extra = inputs
-            out, (h_n, c_n) = reference(mode, gi, (h0, c0), w_hh, b_hh, extra, batch_sizes, reverse)
-            outputs = (out, h_n, c_n)
-        else:
-            gi, h0, w_hh, b_hh, extra = inputs
-            out, h_n = reference(mode, gi, h0, w_hh, b_hh, extra, batch_sizes, reverse)
-            outputs = (out, h_n)
         wanted = [x for x in leaves if x is not None]
         if not wanted:
             return [None] * len(inputs)
+        x, w_ih, b_ih = inputs[:3]
+        gi = x if w_ih is None else torch.nn.functional.linear(x, w_ih, b_ih)
+        if lstm:
+            h0, c0, w_hh, b_hh, extra = inputs[3:]
+            out, (h_n, c_n) = reference(mode, gi, (h0, c0), w_hh, b_hh, extra, batch_sizes, reverse)
+            outputs = [out, h_n, c_n]
+        else:
+            h0, w_hh, b_hh, extra = inputs[3:]
+            out, h_n = reference(mode, gi, h0, w_hh, b_hh, extra, batch_sizes, reverse)
+            outputs = [out, h_n]
+        pairs = [(o, g) for o, g in zip(outputs, grads, strict=True) if g is not None]
+        if not pairs:
+            return [None if x is None else torch.zeros_like(x) for x in leaves]
         got = iter(
-            torch.autograd.grad(outputs, wanted, grads, create_graph=True, allow_unused=True)
-        )
+            torch.autograd.grad(
+                [o for o, _ in pairs], wanted, [g for _, g in pairs], create_graph=True,
+                allow_unused=True,
+            )
+        )  # fmt: skip
     res = []
     for x in leaves:
         g = next(got) if x is not None else None
