@@ -49,7 +49,8 @@ def _backward_fake(grad_out, grad_hn, x, w_ih, has_b_ih, h0, w_hh, out, gates, b
     if w_ih is None:
         d_w_ih = d_b_ih = none
     else:
-        d_w_ih, d_b_ih = w_ih.new_empty(w_ih.shape), w_ih.new_empty(w_ih.shape[0]) if has_b_ih else none
+        d_w_ih = w_ih.new_empty(w_ih.shape)
+        d_b_ih = w_ih.new_empty(w_ih.shape[0]) if has_b_ih else none
     return (x.new_empty(x.shape), d_w_ih, d_b_ih, h0.new_empty(h0.shape),
             w_hh.new_empty(w_hh.shape), w_hh.new_empty(w_hh.shape[0]))  # fmt: skip
 
