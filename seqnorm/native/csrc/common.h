@@ -240,6 +240,27 @@ inline const T* prev_row(const PrevRows& pr, const T* out, const T* h0, int64_t 
   return r < pr.n_out ? out + (pr.out_off + r) * H : h0 + r * H;
 }
 
+// Column sums over all N rows (the bias gradients), accumulated per step in T by the fused
+// passes (`step`), then added into a double total once per step: a float32 sum over
+// T*B = 100k rows in one running T would drift by ~1e-5 relative.
+template <typename T>
+struct StepSums {
+  std::vector<T> step;
+  std::vector<double> total;
+  explicit StepSums(int64_t n) : step(n, T(0)), total(n, 0.0) {}
+  T* data() { return step.data(); }
+  void flush() {
+    for (size_t i = 0; i < step.size(); ++i) {
+      total[i] += step[i];
+      step[i] = T(0);
+    }
+  }
+  void into(const at::Tensor& out) const {  // out: contiguous, step.size() elements of T
+    T* p = out.data_ptr<T>();
+    for (size_t i = 0; i < total.size(); ++i) p[i] = static_cast<T>(total[i]);
+  }
+};
+
 // A contiguous tensor with t's values: t itself, or a copy into pooled memory (an expanded
 // gradient, as the backward of sum() hands over, would otherwise need fresh pages).
 inline at::Tensor contiguous_pooled(const at::Tensor& t) {
@@ -271,17 +292,18 @@ inline at::Tensor project(const at::Tensor& x, const c10::optional<at::Tensor>& 
   return gi;
 }
 
-// The input projection's gradients from dgi (N, G*H): (dx, dw_ih, db_ih), each one GEMM or
-// one reduction over all N rows. Without w_ih, dx is dgi itself.
+// The input projection's gradients from dgi (N, G*H): (dx, dw_ih, db_ih), dx and dw_ih one
+// GEMM each over all N rows; db_ih = the column sums of dgi, which the kernels accumulate
+// during their reverse walk (`dgi_sum`). Without w_ih, dx is dgi itself.
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor> project_backward(
     const at::Tensor& dgi, const at::Tensor& x, const c10::optional<at::Tensor>& w_ih,
-    bool has_b_ih) {
+    bool has_b_ih, const at::Tensor& dgi_sum) {
   const at::Tensor none = at::empty({0}, dgi.options());
   if (!w_ih.has_value()) return {dgi, none, none};
   at::Tensor dx = pooled_empty({x.size(0), x.size(1)}, x.options());
   at::mm_out(dx, dgi, *w_ih);
   at::Tensor dw = at::mm(dgi.t(), x.contiguous());
-  return {dx, dw, has_b_ih ? dgi.sum(0) : none};
+  return {dx, dw, has_b_ih ? dgi_sum : none};
 }
 
 inline void check_common(const at::Tensor& gi, const at::Tensor& h0, const at::Tensor& w_hh,

@@ -29,6 +29,7 @@ void forward_rows(int64_t bs, int64_t H, const T* __restrict gi, const T* __rest
     T* o = out + row * H;
     T* s = hbuf + row * H;
     T* a = Save ? gates + row * 4 * H : nullptr;  // r, z, n, W_hn h + b_hn
+    #pragma GCC ivdep
     for (int64_t j = 0; j < H; ++j) {
       T r = vsigmoid(g[j] + (q[j] + b[j]));
       T z = vsigmoid(g[H + j] + (q[H + j] + b[H + j]));
@@ -50,7 +51,8 @@ void forward_rows(int64_t bs, int64_t H, const T* __restrict gi, const T* __rest
 template <typename T, bool HasGo>
 void backward_rows(int64_t bs, int64_t H, const T* __restrict go, T* __restrict dh,
                    const T* __restrict gates, const PrevRows& pr, const T* out, const T* h0,
-                   T* __restrict dgi, T* __restrict dgh, T* __restrict db) {
+                   T* __restrict dgi, T* __restrict dgh, T* __restrict db,
+                   T* __restrict dbi) {
   for (int64_t row = 0; row < bs; ++row) {
     const T* g = HasGo ? go + row * H : nullptr;
     T* d = dh + row * H;
@@ -58,6 +60,7 @@ void backward_rows(int64_t bs, int64_t H, const T* __restrict go, T* __restrict 
     const T* __restrict p = prev_row(pr, out, h0, row, H);
     T* di = dgi + row * 3 * H;
     T* dq = dgh + row * 3 * H;
+    #pragma GCC ivdep
     for (int64_t j = 0; j < H; ++j) {
       T dht = HasGo ? g[j] + d[j] : d[j];
       T r = a[j], z = a[H + j], n = a[2 * H + j], hn = a[3 * H + j];
@@ -74,6 +77,7 @@ void backward_rows(int64_t bs, int64_t H, const T* __restrict go, T* __restrict 
       db[j] += dr;
       db[H + j] += dz;
       db[2 * H + j] += dnr;
+      dbi[2 * H + j] += dn;  // db_ih: as db_hh for r and z
       d[j] = dht * z;  // the direct part of dL/dh_{t-1}; the GEMM adds dgh @ W_hh
     }
   }
@@ -130,7 +134,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor dgh = scratch(out, B * 3 * H, 1);       // one step's dL/d(h W_hh^T + b_hh)
   at::Tensor hpT = scratch(out, H * B, 2);           // one step's h_{t-1}^T (H, bs)
   at::Tensor dwT = at::zeros({H, 3 * H}, out.options());  // dL/dW_hh^T
-  at::Tensor db = at::zeros({3 * H}, out.options());
+  at::Tensor db = at::empty({3 * H}, out.options());
+  at::Tensor dbi = at::empty({3 * H}, out.options());  // column sums of dgi
   at::Tensor dh = grad_hn.has_value() ? grad_hn->contiguous().clone() : at::zeros_like(h0);
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "seqnorm_gru_backward", [&] {
     using T = scalar_t;
@@ -138,6 +143,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const T* ph0 = h0.data_ptr<T>();
     T* q = dgh.data_ptr<T>();
     T* pt = hpT.data_ptr<T>();
+    StepSums<T> sum_h(3 * H), sum_i(3 * H);  // db_hh, and dgi's n-part for db_ih
     for (int64_t k = 0; k < p.T; ++k) {
       const int64_t t = reverse ? k : p.T - 1 - k;
       const int64_t bs = p.sizes[t], o = p.off[t];
@@ -145,7 +151,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       auto rows = go.defined() ? backward_rows<T, true> : backward_rows<T, false>;
       rows(bs, H, go.defined() ? go.data_ptr<T>() + o * H : nullptr, dh.data_ptr<T>(),
            gates.data_ptr<T>() + o * 4 * H, pr, po, ph0, dgi.data_ptr<T>() + o * 3 * H, q,
-           db.data_ptr<T>());
+           sum_h.data(), sum_i.data());
+      sum_h.flush();
+      sum_i.flush();
       gemm_rm<T>(bs, H, 3 * H, q, 3 * H, w_hh.data_ptr<T>(), H, dh.data_ptr<T>(), H, true);
       // h_{t-1}^T (H, bs), then dW_hh^T += h_{t-1}^T @ dgh
       if (pr.n_out > 0) transpose<T>(pr.n_out, H, po + pr.out_off * H, H, pt, bs);
@@ -153,8 +161,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
         transpose<T>(bs - pr.n_out, H, ph0 + pr.n_out * H, H, pt + pr.n_out, bs);
       gemm_rm<T>(H, 3 * H, bs, pt, bs, q, 3 * H, dwT.data_ptr<T>(), 3 * H, true);
     }
+    sum_h.into(db);
+    sum_i.into(dbi);
   });
-  auto [dx, dw_ih, db_ih] = project_backward(dgi, x, w_ih, has_b_ih);
+  dbi.narrow(0, 0, 2 * H).copy_(db.narrow(0, 0, 2 * H));
+  auto [dx, dw_ih, db_ih] = project_backward(dgi, x, w_ih, has_b_ih, dbi);
   return {dx, dw_ih, db_ih, dh, dwT.t().contiguous(), db};
 }
 

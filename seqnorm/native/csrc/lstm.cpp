@@ -38,6 +38,7 @@ void forward_gates(int64_t bs, int64_t H, const T* __restrict gi, const T* __res
     T* c = c_state + b * H;
     T* cr = cs + b * H;
     T* mr = m + b * H;
+    #pragma GCC ivdep
     for (int64_t j = 0; j < H; ++j) {
       const T ig = vsigmoid(x[j] + (z[j] + bias[j]));
       const T fg = vsigmoid(x[H + j] + (z[H + j] + bias[H + j]));
@@ -69,6 +70,7 @@ void backward_gates(int64_t bs, int64_t H, const T* __restrict g, const T* __res
     const T* dbm = TwoDm ? dm_b + b * H : nullptr;
     T* dc = dc_state + b * H;
     T* d = dg + b * 4 * H;
+    #pragma GCC ivdep
     for (int64_t j = 0; j < H; ++j) {
       const T ig = a[j], fg = a[H + j], gg = a[2 * H + j], og = a[3 * H + j];
       const T tc = vtanh(cr[j]);
@@ -196,7 +198,7 @@ lstm_backward(const c10::optional<at::Tensor>& grad_out, const c10::optional<at:
   at::Tensor dc_state = grad_cn.has_value() ? grad_cn->contiguous().clone() : at::zeros_like(c0);
   at::Tensor dwT = at::zeros({R, 4 * H}, opts);                   // dL/dW_hh^T
   at::Tensor dw_hrT = proj ? at::zeros({H, R}, opts) : at::Tensor();  // dL/dW_hr^T
-  at::Tensor db = at::zeros({4 * H}, opts);
+  at::Tensor db = at::empty({4 * H}, opts);
   at::Tensor dh = scratch(out, B * R, 1);     // proj: dL/dh_t (bs, P)
   at::Tensor dm = scratch(out, B * H, 2);     // proj: dL/dm_t (bs, H)
   at::Tensor tT = scratch(out, B * std::max(R, H), 6);  // one step's h_{t-1}^T or m_t^T
@@ -208,6 +210,7 @@ lstm_backward(const c10::optional<at::Tensor>& grad_out, const c10::optional<at:
     const T* pc0 = c0.data_ptr<T>();
     T* pdh = dh_state.data_ptr<T>();
     T* pt = tT.data_ptr<T>();
+    StepSums<T> sum_b(4 * H);  // db_hh (= db_ih: dgi is dgates)
     for (int64_t k = 0; k < s.T; ++k) {
       const int64_t t = reverse ? k : s.T - 1 - k;  // the forward's steps, last first
       const int64_t bs = s.sizes[t], o = s.off[t];
@@ -216,23 +219,28 @@ lstm_backward(const c10::optional<at::Tensor>& grad_out, const c10::optional<at:
       if (proj) {
         T* d = dh.data_ptr<T>();  // dh_t = grad_out + dh_state, (bs, P)
         const T* g = go.defined() ? go.data_ptr<T>() + o * R : nullptr;
-        for (int64_t i = 0; i < bs * R; ++i) d[i] = g ? g[i] + pdh[i] : pdh[i];
+        if (g != nullptr) {
+          for (int64_t i = 0; i < bs * R; ++i) d[i] = g[i] + pdh[i];
+        } else {
+          std::memcpy(d, pdh, sizeof(T) * bs * R);
+        }
         gemm_rm<T>(bs, H, R, d, R, w_hr.data_ptr<T>(), H, dm.data_ptr<T>(), H, false);
         const T* mt = m.data_ptr<T>() + o * H;  // dW_hr^T (H, P) += m_t^T @ dh_t
         transpose<T>(bs, H, mt, H, pt, bs);
         gemm_rm<T>(H, R, bs, pt, bs, d, R, dw_hrT.data_ptr<T>(), R, true);
         backward_gates<T, false>(bs, H, gates.data_ptr<T>() + o * 4 * H, pcs + o * H,
                                  dm.data_ptr<T>(), nullptr, pr, pcs, pc0, dc_state.data_ptr<T>(),
-                                 dg, db.data_ptr<T>());
+                                 dg, sum_b.data());
       } else if (go.defined()) {
         backward_gates<T, true>(bs, H, gates.data_ptr<T>() + o * 4 * H, pcs + o * H, pdh,
                                 go.data_ptr<T>() + o * R, pr, pcs, pc0, dc_state.data_ptr<T>(),
-                                dg, db.data_ptr<T>());
+                                dg, sum_b.data());
       } else {
         backward_gates<T, false>(bs, H, gates.data_ptr<T>() + o * 4 * H, pcs + o * H, pdh,
                                  nullptr, pr, pcs, pc0, dc_state.data_ptr<T>(), dg,
-                                 db.data_ptr<T>());
+                                 sum_b.data());
       }
+      sum_b.flush();
       gemm_rm<T>(bs, R, 4 * H, dg, 4 * H, w_hh.data_ptr<T>(), R, pdh, R, false);
       // dW_hh^T (R, 4H) += h_{t-1}^T @ dgates, h_{t-1} (bs, R) from out or h0
       if (pr.n_out > 0) transpose<T>(pr.n_out, R, po + pr.out_off * R, R, pt, bs);
@@ -240,10 +248,11 @@ lstm_backward(const c10::optional<at::Tensor>& grad_out, const c10::optional<at:
         transpose<T>(bs - pr.n_out, R, ph0 + pr.n_out * R, R, pt + pr.n_out, bs);
       gemm_rm<T>(R, 4 * H, bs, pt, bs, dg, 4 * H, dwT.data_ptr<T>(), 4 * H, true);
     }
+    sum_b.into(db);
   });
-  auto [dx, dw_ih, db_ih] = project_backward(dgi, x, w_ih, has_b_ih);
+  auto [dx, dw_ih, db_ih] = project_backward(dgi, x, w_ih, has_b_ih, db);  // dgi = dgates
   const at::Tensor none = at::empty({0}, opts);
-  return {dx, dw_ih, db_ih, dh_state, dc_state, dwT.t().contiguous(), need_bias ? db : none,
+  return {dx, dw_ih, db_ih, dh_state, dc_state, dwT.t().contiguous(), need_bias ? db.clone() : none,
           proj ? dw_hrT.t().contiguous() : none};
 }
 

@@ -34,6 +34,7 @@ void forward_rows(int64_t bs, int64_t H, const T* __restrict gi, T* __restrict o
     const T* g = gi + r * H;
     T* o = out + r * H;  // holds h_{t-1} @ W^T on entry
     T* s = hbuf + r * H;
+    #pragma GCC ivdep
     for (int64_t j = 0; j < H; ++j) {
       T z = g[j] + (o[j] + b[j]);
       T h;
@@ -61,6 +62,7 @@ void backward_rows(int64_t bs, int64_t H, const T* __restrict go, const T* __res
     const T* d = dh_in + r * H;
     const T* o = out + r * H;
     T* z = dz + r * H;
+    #pragma GCC ivdep
     for (int64_t j = 0; j < H; ++j) {
       T dh = HasGo ? g[j] + d[j] : d[j];
       T h = o[j];
@@ -160,25 +162,28 @@ rnn_backward(c10::string_view mode, const c10::optional<at::Tensor>& grad_out,
   at::Tensor dh = grad_hn.has_value() ? grad_hn->contiguous().clone() : at::zeros_like(h0);
   at::Tensor hpT = scratch(out, H * B, 2);              // one step's h_{t-1}^T (H, bs)
   at::Tensor dwT = at::zeros({H, H}, out.options());    // dL/dW_hh^T
-  at::Tensor db = at::zeros({H}, out.options());
-  at::Tensor acc = at::zeros({H}, out.options());       // modReLU: dL/dbias
+  at::Tensor db = at::empty({H}, out.options());
+  at::Tensor acc = at::empty({H}, out.options());       // modReLU: dL/dbias
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "seqnorm_rnn_backward", [&] {
     using T = scalar_t;
     const T* po = out.data_ptr<T>();
     const T* ph0 = h0.data_ptr<T>();
     T* pt = hpT.data_ptr<T>();
     T* pd = dh.data_ptr<T>();
+    StepSums<T> sum_b(H), sum_m(H);  // db_hh, modReLU's dL/dbias
     for (int64_t k = 0; k < p.T; ++k) {
       const int64_t t = reverse ? k : p.T - 1 - k;
       const int64_t bs = p.sizes[t], o = p.off[t];
       T* pz = dz.data_ptr<T>() + o * H;
       if (go.defined()) {
         backward_step<T, true>(act, bs, H, go.data_ptr<T>() + o * H, pd, po + o * H, pz,
-                               db.data_ptr<T>(), acc.data_ptr<T>());
+                               sum_b.data(), sum_m.data());
       } else {
-        backward_step<T, false>(act, bs, H, nullptr, pd, po + o * H, pz, db.data_ptr<T>(),
-                                acc.data_ptr<T>());
+        backward_step<T, false>(act, bs, H, nullptr, pd, po + o * H, pz, sum_b.data(),
+                                sum_m.data());
       }
+      sum_b.flush();
+      sum_m.flush();
       gemm_rm<T>(bs, H, H, pz, H, w_hh.data_ptr<T>(), H, pd, H, false);  // dL/dh_{t-1}
       const PrevRows pr = prev_rows(p, t, reverse);
       if (pr.n_out > 0) transpose<T>(pr.n_out, H, po + pr.out_off * H, H, pt, bs);
@@ -186,9 +191,11 @@ rnn_backward(c10::string_view mode, const c10::optional<at::Tensor>& grad_out,
         transpose<T>(bs - pr.n_out, H, ph0 + pr.n_out * H, H, pt + pr.n_out, bs);
       gemm_rm<T>(H, H, bs, pt, bs, pz, H, dwT.data_ptr<T>(), H, true);  // dW^T += h^T dz
     }
+    sum_b.into(db);
+    sum_m.into(acc);
   });
   if (act != Act::ModRelu) acc = at::empty({0}, out.options());
-  auto [dx, dw_ih, db_ih] = project_backward(dz, x, w_ih, has_b_ih);
+  auto [dx, dw_ih, db_ih] = project_backward(dz, x, w_ih, has_b_ih, db.clone());
   return {dx, dw_ih, db_ih, dh, dwT.t().contiguous(), db, acc};
 }
 
