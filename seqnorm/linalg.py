@@ -173,16 +173,122 @@ def _iterate(
     return u, v
 
 
+#: Relative width of the bracket the fast path of :func:`top_singular_vectors` certifies on
+#: each block's largest eigenvalue of ``W^T W`` (sigma squared): the returned pair gives a
+#: ``u^T W v`` within half of it (1e-6, relative) below the largest singular value.
+CERTIFY_RTOL = 2e-6
+
+#: Relative shifts tried, in turn, for the float32 factorization behind the inverse iteration.
+_SHIFTS = (1e-3, 3e-2)
+
+#: Inverse-iteration steps with that factorization.
+_INVERSE_STEPS = 3
+
+#: Column block of :func:`_cholesky_`.
+_CHOLESKY_BLOCK = 64
+
+
+def _bmv(G: Tensor, x: Tensor) -> Tensor:
+    return torch.bmm(G, x.unsqueeze(-1)).squeeze(-1)
+
+
+def _shifted(G: Tensor, s: Tensor) -> Tensor:
+    """``s I - G`` for each block (``s``: ``(k,)``), a new tensor."""
+    A = -G
+    A.diagonal(dim1=-2, dim2=-1).add_(s.unsqueeze(-1))
+    return A
+
+
+def _cholesky_(A: Tensor) -> Tensor:
+    """Blocked Cholesky factorization of each symmetric ``A`` (``(k, n, n)``), in place.
+
+    Returns a ``(k,)`` mask of the blocks that are *not* positive definite; where it is
+    False, ``A``'s lower triangle holds the factor ``L`` (its strict upper triangle is left
+    as it was: LAPACK's triangular solves never read it). Right-looking, in column blocks of
+    ``_CHOLESKY_BLOCK``: ``linalg.cholesky_ex`` itself spends a third of its time clearing
+    the upper triangle of a fresh output.
+    """
+    k, n, _ = A.shape
+    failed = torch.zeros(k, dtype=torch.bool, device=A.device)
+    for j0 in range(0, n, _CHOLESKY_BLOCK):
+        j1 = min(n, j0 + _CHOLESKY_BLOCK)
+        L, info = torch.linalg.cholesky_ex(A[:, j0:j1, j0:j1])
+        failed |= info != 0
+        A[:, j0:j1, j0:j1] = L
+        if j1 < n:
+            P = torch.linalg.solve_triangular(L.mT, A[:, j1:, j0:j1], upper=True, left=False)
+            A[:, j1:, j0:j1] = P
+            A[:, j1:, j1:].baddbmm_(P, P.mT, alpha=-1)
+    return failed | ~torch.isfinite(A.diagonal(dim1=-2, dim2=-1)).all(-1)
+
+
+def _certified_top(G: Tensor, x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """Top eigenvector of each symmetric PSD float32 ``G`` (``(k, n, n)``), warm-started at ``x``.
+
+    Two power steps, then inverse iteration with a float32 Cholesky factor of
+    ``(1 + shift) lam I - G`` (``lam``: the current Rayleigh quotient; a larger shift where
+    that is not positive definite), then the certificate: a float64 Cholesky factorization of
+    ``(1 + CERTIFY_RTOL) lam I - G`` exists only if every eigenvalue of ``G`` lies below that
+    shift, so ``lam_max`` is within ``CERTIFY_RTOL`` of the final Rayleigh quotient ``lam``
+    (which never exceeds it). Returns the vectors and a ``(k,)`` mask of the blocks so
+    certified; the others need an eigendecomposition.
+    """
+    for _ in range(2):
+        x = _normalize(_bmv(G, x), eps)
+    lam = (x * _bmv(G, x)).sum(-1)
+    todo = lam > eps  # a zero block has no direction to find
+    for shift in _SHIFTS:
+        if not bool(todo.any()):
+            break
+        every = bool(todo.all())  # the usual case: no copies of G
+        idx = todo.nonzero().squeeze(-1)
+        A = _shifted(G if every else G[idx], lam[idx] * (1 + shift))
+        good = ~_cholesky_(A)
+        if not bool(good.any()):
+            continue
+        if not bool(good.all()):
+            idx, A = idx[good], A[good]
+        y = x if every and idx.numel() == x.shape[0] else x[idx]
+        for _ in range(_INVERSE_STEPS):  # y <- (L L^T)^-1 y, from the lower triangle only
+            z = torch.linalg.solve_triangular(A, y.unsqueeze(-1), upper=False)
+            z = torch.linalg.solve_triangular(A.mT, z, upper=True)
+            y = _normalize(z.squeeze(-1), eps)
+        x = x.index_copy(0, idx, y)
+        todo = todo.index_fill(0, idx, False)
+    G64, x64 = G.double(), x.double()
+    lam64 = (x64 * _bmv(G64, x64)).sum(-1)
+    certified = ~_cholesky_(_shifted(G64, lam64 * (1 + CERTIFY_RTOL)))
+    return x, certified & ~todo & (lam > eps)
+
+
+def _top_eigenvectors(G: Tensor, x0: Tensor, eps: float) -> Tensor:
+    """Top eigenvector of each block of the Gram stack ``G``: certified inverse iteration from
+    ``x0`` in float32 (the blocks it cannot certify, and float64, by ``eigh``)."""
+    if G.dtype != torch.float32 or G.device.type != "cpu" or torch.compiler.is_compiling():
+        # (a compiled graph cannot branch on the certificate's outcome)
+        return torch.linalg.eigh(G).eigenvectors[..., -1]
+    x, ok = _certified_top(G, _normalize(x0, eps), eps)
+    if not bool(ok.all()):
+        bad = (~ok).nonzero().squeeze(-1)
+        x = x.index_copy(0, bad, torch.linalg.eigh(G[bad]).eigenvectors[..., -1])
+    return x
+
+
 @torch.no_grad()
 def top_singular_vectors(
     W: Tensor, u: Tensor, v: Tensor, eps: float = 1e-12
 ) -> tuple[Tensor, Tensor]:
     """Leading left/right singular vectors of each matrix of ``W`` (``(k, m, n)``), exactly.
 
-    From a symmetric eigendecomposition of the smaller Gram matrix (``W^T W`` or ``W W^T``),
-    in float32 or higher; ``u^T W v`` then equals the largest singular value to float
-    precision. ``u`` (``(k, m)``) and ``v`` (``(k, n)``) are returned where a block is zero
-    (any vector is then a singular vector).
+    From the smaller Gram matrix (``W^T W`` or ``W W^T``), in float32 or higher; ``u^T W v``
+    then equals the largest singular value to float precision. ``u`` (``(k, m)``) and ``v``
+    (``(k, n)``) are the previous vectors: in float32 on the CPU they warm-start an inverse
+    iteration whose result is *certified* (a float64 Cholesky factorization proves every
+    eigenvalue of the Gram matrix lies within ``CERTIFY_RTOL`` of the one found, so
+    ``u^T W v`` is within 1e-6, relative, of sigma_max); a block that fails the check, and
+    float64, other devices and compiled graphs, take a symmetric eigendecomposition (``eigh``)
+    instead. Where a
+    block is zero, ``u`` and ``v`` are returned (any vector is then a singular vector).
 
     >>> W = torch.diag(torch.tensor([1.0, 3.0])).unsqueeze(0)
     >>> u, v = top_singular_vectors(W, torch.ones(1, 2), torch.ones(1, 2))
@@ -193,11 +299,11 @@ def top_singular_vectors(
     with torch.autocast(W.device.type, enabled=False):
         Wd, u0, v0 = W.to(dt), u.to(dt), v.to(dt)
         if Wd.shape[-2] < Wd.shape[-1]:  # wide: the m x m Gram matrix is the smaller one
-            u1 = torch.linalg.eigh(Wd @ Wd.transpose(-2, -1)).eigenvectors[..., -1]  # (k, m)
+            u1 = _top_eigenvectors(Wd @ Wd.transpose(-2, -1), u0, eps)  # (k, m)
             v1 = torch.bmm(Wd.transpose(-2, -1), u1.unsqueeze(-1)).squeeze(-1)  # (k, n)
             ok = v1.norm(dim=-1, keepdim=True) > eps
             return torch.where(ok, u1, u0), torch.where(ok, _normalize(v1, eps), v0)
-        v1 = torch.linalg.eigh(Wd.transpose(-2, -1) @ Wd).eigenvectors[..., -1]  # (k, n)
+        v1 = _top_eigenvectors(Wd.transpose(-2, -1) @ Wd, v0, eps)  # (k, n)
         u1 = torch.bmm(Wd, v1.unsqueeze(-1)).squeeze(-1)  # (k, m)
         ok = u1.norm(dim=-1, keepdim=True) > eps
         return torch.where(ok, _normalize(u1, eps), u0), torch.where(ok, v1, v0)

@@ -6,7 +6,13 @@ from torch import nn
 
 from seqnorm import CONSTRAINTS, SpectralGRU, SpectralLSTM, SpectralRNN, constrain
 from seqnorm.constraints import satisfies
-from seqnorm.linalg import power_iteration, spectral_norm, stable_rank
+from seqnorm.linalg import (
+    _certified_top,
+    power_iteration,
+    spectral_norm,
+    stable_rank,
+    top_singular_vectors,
+)
 
 LAYERS = [SpectralRNN, SpectralGRU, SpectralLSTM]
 KINDS = [k for k in CONSTRAINTS if k != "none"]
@@ -123,6 +129,50 @@ def test_power_iteration_runs_in_float32_for_half_input():
     W = torch.randn(1, 6, 6).bfloat16()
     u, v = power_iteration(W, torch.randn(1, 6), torch.randn(1, 6), 3)
     assert u.dtype == torch.float32 and v.dtype == torch.float32
+
+
+def _stacks() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    q = torch.linalg.qr(torch.randn(40, 40, generator=g, dtype=torch.float64))[0]
+    tied = torch.diag(torch.tensor([2.0, 2.0, 2.0 - 1e-7] + [1.0] * 37, dtype=torch.float64))
+    return {
+        "square": torch.randn(3, 48, 48, generator=g),
+        "wide": torch.randn(2, 12, 70, generator=g),
+        "tall": torch.randn(2, 70, 12, generator=g),
+        "orthogonal (all sigma equal)": (3 * q).float().unsqueeze(0),
+        "near-tied top": (q @ tied @ q.T).float().unsqueeze(0),
+        "rank one": torch.outer(torch.arange(1.0, 31), torch.ones(30)).unsqueeze(0),
+    }
+
+
+@pytest.mark.parametrize("name", list(_stacks()))
+@pytest.mark.parametrize("start", ["random", "previous"])
+def test_top_singular_pair_is_exact_from_any_start(name, start):
+    """sigma = u^T W v within the certified 1e-6 of an SVD, warm-started or not."""
+    W = _stacks()[name]
+    g = torch.Generator().manual_seed(4)
+    u = torch.randn(W.shape[0], W.shape[1], generator=g)
+    v = torch.randn(W.shape[0], W.shape[2], generator=g)
+    if start == "previous":  # the pair of a nearby matrix, as after an optimizer step
+        u, v = top_singular_vectors(W + 0.01 * torch.randn(W.shape, generator=g), u, v)
+    u, v = top_singular_vectors(W, u, v)
+    sigma = torch.einsum("bi,bij,bj->b", u.double(), W.double(), v.double())
+    true = torch.linalg.svdvals(W.double())[:, 0]
+    assert torch.allclose(sigma, true, rtol=1.5e-6, atol=0), (sigma - true) / true
+    assert torch.allclose(u.norm(dim=-1), torch.ones(len(u)), atol=1e-5)
+
+
+def test_certificate_rejects_a_vector_that_is_not_the_top():
+    """An exact second eigenvector is a fixed point of power and inverse iteration: the
+    float64 Cholesky certificate must refuse it, and the eigh fallback still finds sigma."""
+    W = torch.diag(torch.tensor([3.0, 2.0, 1.0, 0.5])).unsqueeze(0)
+    e2 = torch.tensor([[0.0, 1.0, 0.0, 0.0]])
+    _, ok = _certified_top(W.mT @ W, e2, 1e-12)
+    assert not bool(ok.any())
+    u, v = top_singular_vectors(W, e2, e2)
+    assert torch.einsum("bi,bij,bj->b", u, W, v).item() == pytest.approx(3.0, rel=1e-6)
+    good = torch.tensor([[1.0, 1e-3, 0.0, 0.0]])
+    assert bool(_certified_top(W.mT @ W, good, 1e-12)[1].all())
 
 
 def test_stable_rank_values():

@@ -2,12 +2,14 @@
 
 Two estimators, chosen with the ``estimator`` option of those constraints:
 
-* ``"exact"`` (default): at every call, the leading singular pair of each gate block from a
-  symmetric eigendecomposition of ``W^T W`` (no gradient through it), then
-  ``sigma = u^T W v``. The value is the block's largest singular value to float precision,
-  at every forward, in training and in eval, however fast the weight moves; its gradient is
-  ``u v^T``, the true gradient of ``sigma_max``. Costs one small ``eigh`` per block per call
-  (not per time step); ``experiments/constraint_cost.py`` measures it beside the layer.
+* ``"exact"`` (default): at every call, the leading singular pair of each gate block from
+  ``W^T W`` (no gradient through it; :func:`seqnorm.linalg.top_singular_vectors`: certified
+  inverse iteration warm-started at the stored vectors, or ``eigh``), then
+  ``sigma = u^T W v``. The value is the block's largest singular value to float precision
+  (1e-6 relative, certified), at every forward, in training and in eval, however fast the
+  weight moves; its gradient is ``u v^T``, the true gradient of ``sigma_max``. Costs one
+  Gram matrix and two Cholesky factorizations per block per call (not per time step);
+  ``experiments/constraint_cost.py`` measures it beside the layer.
 * ``"power"``: ``torch.nn.utils.spectral_norm``'s scheme. Persistent vectors, advanced by
   ``n_power_iterations`` steps per training forward. Cheaper at very large ``H``, but
   ``u^T W v`` is a *lower* bound on sigma: while the weight moves fast the estimate lags and
