@@ -19,7 +19,7 @@ TORCH_WHEELS ?= https://download.pytorch.org/whl/torch/
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.seqnorm-installed
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo test test-fast lint bench bench-threads clean
 
 setup: $(STAMP)
 
@@ -44,14 +44,25 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check seqnorm tests experiments
 	$(VENV)/bin/ruff format --check seqnorm tests experiments
 
-# The issue-20 shapes, one thread: the sequential-MNIST shape and a wide short one.
-BENCH_ROWS ?= torch;spectral;spectral, torch kernel;GEMM floor
+# The issue-20 shapes, one thread: the sequential-MNIST shape and a wide short one, each with
+# glibc's default allocator and with it told to keep freed memory (no fresh page faults).
+BENCH_ROWS ?= torch;spectral;spectral, torch kernel;GEMM floor;GEMM floor, torch.mm
+BENCH = OMP_NUM_THREADS=1 $(PY) experiments/bench_speed.py --variants "$(BENCH_ROWS)" \
+  --rounds 3 --min-run-time 1 --passes train,fwd
+TUNED = MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=-1
 bench: $(STAMP)
-	OMP_NUM_THREADS=1 $(PY) experiments/bench_speed.py --seq-lens 784 --batch 128 --hidden 128 \
-	  --variants "$(BENCH_ROWS)" --rounds 3 --min-run-time 1 --passes train,fwd
-	OMP_NUM_THREADS=1 $(PY) experiments/bench_speed.py --seq-lens 100 --batch 64 --hidden 512 \
-	  --variants "$(BENCH_ROWS)" --rounds 3 --min-run-time 1 --passes train,fwd \
-	  --out experiments/results/speed_h512.md
+	$(BENCH) --seq-lens 784 --batch 128 --hidden 128 --out experiments/results/speed.md
+	$(BENCH) --seq-lens 100 --batch 64 --hidden 512 --out experiments/results/speed_h512.md
+	$(TUNED) $(BENCH) --seq-lens 784 --batch 128 --hidden 128 \
+	  --out experiments/results/speed_tuned.md
+	$(TUNED) $(BENCH) --seq-lens 100 --batch 64 --hidden 512 \
+	  --out experiments/results/speed_h512_tuned.md
+
+# One thread against two, both sides (the sequential-MNIST shape, time only).
+bench-threads: $(STAMP)
+	OMP_NUM_THREADS=2 $(PY) experiments/bench_speed.py --variants "torch;spectral" --threads 2 \
+	  --seq-lens 784 --batch 128 --hidden 128 --rounds 3 --min-run-time 1 --passes train,fwd \
+	  --no-memory --out experiments/results/speed_2threads.md
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

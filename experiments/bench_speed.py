@@ -10,7 +10,9 @@ forward, ``loss = mean(output**2)``, backward, ``zero_grad`` -- of:
 * ``seqnorm.Spectral{RNN,GRU,LSTM}`` for every constraint (on the active backend: seqnorm's
   native kernels when they build, see ``seqnorm.native.backend()``), ``unroll=True`` for
   ``spectral``, and ``spectral, torch kernel`` (the same layer with the backend set to torch);
-* ``GEMM floor``: the per-step ``h @ W_hh^T`` and ``dh`` GEMMs and the one ``dW_hh`` GEMM alone;
+* ``GEMM floor``: the per-step ``h @ W_hh^T`` and ``dh`` GEMMs and the one ``dW_hh`` GEMM alone,
+  on the native kernels' GEMM (oneDNN brgemm; ``torch.mm`` where the kernels do not build),
+  and ``GEMM floor, torch.mm`` the same on ``torch.mm`` (MKL's sgemm);
 * layer ``modrelu``: ``SpectralRNN(nonlinearity="modrelu")`` against torch's tanh RNN.
 
 Every row is timed as a training step (``train``) and forward only without a graph (``fwd``).
@@ -55,7 +57,7 @@ OURS = {"rnn": seqnorm.SpectralRNN, "modrelu": seqnorm.SpectralRNN, "gru": seqno
         "lstm": seqnorm.SpectralLSTM}  # fmt: skip
 GATES = {"rnn": 1, "modrelu": 1, "gru": 3, "lstm": 4}
 CONSTRAINTS = ("none", "spectral", "scaled", "bound", "band", "orthogonal")
-NATIVE = ["spectral, torch kernel", "GEMM floor"]
+NATIVE = ["spectral, torch kernel", "GEMM floor", "GEMM floor, torch.mm"]
 VARIANTS = ["torch", "torch (2nd instance, noise gauge)", "torch spectral_norm",
             "torch spectral_norm + cached()", *CONSTRAINTS, "spectral, unroll=True",
             *NATIVE]  # fmt: skip
@@ -68,27 +70,37 @@ TARGETS = {"gru": (0.5, 0.6), "rnn": (0.7, 0.7), "modrelu": (0.6, 0.8), "lstm": 
 
 class Floor(nn.Module):
     """The GEMMs any implementation must do (the floor): per step ``h @ W_hh^T`` forward and
-    ``dgates @ W_hh`` backward, and one ``dW_hh`` over all ``T*B`` rows."""
+    ``dgates @ W_hh`` backward, and one ``dW_hh`` over all ``T*B`` rows.
 
-    def __init__(self, layer: str, hidden: int) -> None:
+    ``gemm="native"``: on the GEMM the native kernels call (``seqnorm.native.gemm``: oneDNN's
+    brgemm micro-kernel); ``gemm="torch"``: ``torch.mm`` (the BLAS torch links, MKL here)."""
+
+    def __init__(self, layer: str, hidden: int, gemm: str = "native") -> None:
         super().__init__()
         self.w = torch.randn(GATES[layer] * hidden, hidden) * hidden**-0.5  # (G*H, H)
+        self.wt = self.w.t().contiguous()  # (H, G*H)
         self.hidden = hidden
-        self.backward_too = True
+        if gemm == "native":
+            from seqnorm.native.gemm import gemm_
+
+            self.mm = lambda a, b, out: gemm_(a, b, out)
+        else:
+            self.mm = lambda a, b, out: torch.mm(a, b, out=out)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
         T, B = x.shape[:2]
         if getattr(self, "shape", None) != (T, B):  # buffers reused: no page faults in the floor
             self.shape, self.h = (T, B), x.new_zeros(B, self.hidden)  # (B, H)
             self.g = x.new_zeros(T, B, self.w.shape[0])  # (T, B, G*H)
-            self.dh, self.hs = x.new_zeros(B, self.hidden), x.new_zeros(T * B, self.hidden)
-        h, g, dh, hs = self.h, self.g, self.dh, self.hs
+            self.dh, self.hs = x.new_zeros(B, self.hidden), x.new_zeros(self.hidden, T * B)
+            self.dw = x.new_zeros(self.hidden, self.w.shape[0])  # (H, G*H) = dW_hh^T
+        h, g, dh, mm = self.h, self.g, self.dh, self.mm
         for t in range(T):
-            torch.mm(h, self.w.t(), out=g[t])
-        if self.backward_too and torch.is_grad_enabled():
+            mm(h, self.wt, g[t])
+        if torch.is_grad_enabled():
             for t in range(T):
-                torch.mm(g[t], self.w, out=dh)
-            torch.mm(g.view(T * B, -1).t(), hs)  # (G*H, H) = dW_hh
+                mm(g[t], self.w, dh)
+            mm(self.hs, g.view(T * B, -1), self.dw)  # (H, T*B) @ (T*B, G*H)
         return g.new_zeros(1, requires_grad=True), None
 
 
@@ -115,8 +127,9 @@ def native_kernel():  # noqa: ANN201
 def build(layer: str, variant: str, hidden: int):  # noqa: ANN201
     """The module of one row (training mode) and the context its forward runs in."""
     torch.manual_seed(0)
-    if variant == "GEMM floor":
-        return Floor(layer, hidden), contextlib.nullcontext
+    if variant.startswith("GEMM floor"):
+        gemm = "torch" if "torch.mm" in variant or not seqnorm.native.available() else "native"
+        return Floor(layer, hidden, gemm), contextlib.nullcontext
     nonlin = {"nonlinearity": "modrelu"} if layer == "modrelu" else {}
     if variant == "spectral, torch kernel":
         return OURS[layer](1, hidden, constraint="spectral", **nonlin).train(), torch_kernel
@@ -150,11 +163,11 @@ def forward(module: nn.Module, ctx, x: torch.Tensor) -> None:  # noqa: ANN001
         module(x)
 
 
-def peak_mib(layer: str, variant: str, T: int, batch: int, hidden: int) -> float:
+def peak_mib(layer: str, variant: str, T: int, batch: int, hidden: int, threads: int = 1) -> float:
     """Rise of peak RSS (MiB) during one step, measured in a fresh subprocess."""
     code = (
         "import json, sys; sys.path.insert(0, 'experiments'); import torch, bench_speed as b; "
-        f"torch.set_num_threads(1); m, c = b.build({layer!r}, {variant!r}, {hidden}); "
+        f"torch.set_num_threads({threads}); m, c = b.build({layer!r}, {variant!r}, {hidden}); "
         f"b.step(m, c, torch.randn(2, {batch}, 1)); x = torch.randn({T}, {batch}, 1); "
         "open('/proc/self/clear_refs', 'w').write('5'); r0 = b.status('VmRSS'); b.step(m, c, x); "
         "print(json.dumps((b.status('VmHWM') - r0) / 1024))"
@@ -197,7 +210,7 @@ def measure(args: argparse.Namespace) -> pd.DataFrame:
                     timers[layer, variant, pas] = benchmark.Timer(
                         f"{'step' if pas == 'train' else 'forward'}(module, ctx, x)",
                         globals=dict(step=step, forward=forward, module=module, ctx=ctx, x=x),
-                        num_threads=1,
+                        num_threads=args.threads,
                     )
         done: dict = {k: [] for k in timers}
         keys = list(timers)
@@ -206,8 +219,12 @@ def measure(args: argparse.Namespace) -> pd.DataFrame:
                 done[key].append(timers[key].blocked_autorange(min_run_time=args.min_run_time))
         for (layer, variant, pas), ms in done.items():
             m = benchmark.Measurement.merge(ms)[0]
-            skip = args.no_memory or pas != "train" or variant == "GEMM floor"
-            mem = float("nan") if skip else peak_mib(layer, variant, T, args.batch, args.hidden)
+            skip = args.no_memory or pas != "train" or variant.startswith("GEMM floor")
+            mem = (
+                float("nan")
+                if skip
+                else peak_mib(layer, variant, T, args.batch, args.hidden, args.threads)
+            )
             rows.append(dict(layer=layer, variant=variant, T=T, B=args.batch, H=args.hidden,
                              ms=1e3 * m.median, iqr_ms=1e3 * m.iqr, blocks=len(m.times),
                              peak_mib=mem, **{"pass": pas}))  # fmt: skip
@@ -243,6 +260,12 @@ def tables(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     layers = verdict.index.get_level_values("layer")
     verdict["target_train"] = [TARGETS.get(k, (float("nan"),) * 2)[0] for k in layers]
     verdict["target_fwd"] = [TARGETS.get(k, (float("nan"),) * 2)[1] for k in layers]
+    floor = (
+        verdict.xs("GEMM floor", level="variant").ratio
+        if "GEMM floor" in set(verdict.index.get_level_values("variant"))
+        else pd.Series(dtype=float)
+    )
+    verdict["x_floor"] = verdict.ratio / floor.reindex(layers).values  # time / the floor's
     native = verdict.index.get_level_values("variant") == "spectral"
     meets = (
         (verdict.ratio <= verdict.target_train)
@@ -269,6 +292,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-memory", action="store_true", help="skip the RSS subprocesses")
     p.add_argument("--passes", type=lambda s: s.split(","), default=list(PASSES),
                    help="train (forward+backward) and/or fwd (forward only, no graph)")  # fmt: skip
+    p.add_argument("--threads", type=int, default=1, help="torch threads (the targets: one)")
     p.add_argument("--quick", action="store_true", help="T=20,60, B=16, H=32; prints only")
     p.add_argument("--out", type=Path, default=ROOT / "experiments" / "results" / "speed.md")
     args = p.parse_args(argv)
@@ -276,14 +300,15 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"--variants must be among {VARIANTS}, got {bad}")
     if args.quick:
         args.seq_lens, args.batch, args.hidden, args.min_run_time = [20, 60], 16, 32, 0.05
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     started, load = datetime.datetime.now(datetime.timezone.utc), os.getloadavg()[0]
     df, verdict = tables(measure(args))
     commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
                             capture_output=True, text=True).stdout.strip()  # fmt: skip
     text = "\n".join([
         "# Speed and memory: seqnorm layers vs torch recurrent layers (CPU, training step)", "",
-        f"- {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, one thread; torch "
+        f"- {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"{args.threads} thread{'s' if args.threads > 1 else ''}; torch "
         f"{torch.__version__}; git {commit}; {started:%Y-%m-%d %H:%M} UTC; 1-min load {load:.1f}",
         f"- CPU: {cpu_model()}; allocator: "
         + (", ".join(f"{k}={v}" for k, v in os.environ.items() if k.startswith("MALLOC_"))
@@ -297,7 +322,8 @@ def main(argv: list[str] | None = None) -> None:
         f"<= {GROWTH}x torch's; peak memory <= {MEMORY}x torch's (worst T)",
         "- `spectral` rows run seqnorm's native kernels (forced); `spectral, torch kernel` the "
         "same layer on torch's; `meets_issue20`: train and forward ratios within issue 20's "
-        "targets and peak memory <= torch's",
+        "targets and peak memory <= torch's; `x_floor`: training time over the `GEMM floor` "
+        "row's (the kernels' own GEMM)",
         "- Regenerate: `make bench`", "",
         "## Verdicts", "", verdict.to_markdown(index=False, floatfmt=".2f"), "",
         "## Measurements", "", df.to_markdown(index=False, floatfmt=".3g"),

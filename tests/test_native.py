@@ -206,6 +206,24 @@ def test_bad_input_is_refused():
         native.set_backend("fast")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("M,N,K", [(1, 1, 1), (7, 300, 5), (64, 1536, 512), (3, 40, 1300)])
+def test_kernel_gemm_equals_matmul(M, N, K, dtype):
+    """The kernels' GEMM (brgemm in 128-column panels and 512-deep chunks) against torch.mm,
+    overwriting and accumulating, with a row stride (a view into a wider buffer)."""
+    from seqnorm.native.gemm import gemm_
+
+    g = torch.Generator().manual_seed(M * N + K)
+    a = torch.randn(M, K + 3, generator=g, dtype=dtype)[:, :K]
+    b = torch.randn(K, N, generator=g, dtype=dtype)
+    c0 = torch.randn(M, N, generator=g, dtype=dtype)
+    tol = {"rtol": 1e-5, "atol": 1e-4 * K**0.5} if dtype == torch.float32 else TOL[dtype]
+    torch.testing.assert_close(gemm_(a, b, c0.clone()), a @ b, **tol)
+    torch.testing.assert_close(gemm_(a, b, c0.clone(), accumulate=True), c0 + a @ b, **tol)
+    with pytest.raises(ValueError, match="does not give c"):
+        gemm_(a, b, torch.empty(M + 1, N, dtype=dtype))
+
+
 # -- build cache and backend ----------------------------------------------------------------
 def _python(code: str, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **env}

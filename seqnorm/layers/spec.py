@@ -118,7 +118,7 @@ SPECS: dict[str, CellSpec] = dict(
                                 native="rnn_modrelu", extras=(_MODRELU,),
                                 nonlinearity="modrelu"),
         "lstm": CellSpec("lstm", ("i", "f", "g", "o"), steps.lstm_step, _VF.lstm, nn.LSTM,
-                         nn.LSTMCell, native="lstm", native_by_default=False, extras=(_HR,),
+                         nn.LSTMCell, native="lstm", extras=(_HR,),
                          chrono={"f": 1.0, "i": -1.0}, cell_state=True),
         "gru": CellSpec("gru", ("r", "z", "n"), steps.gru_step, _VF.gru, nn.GRU, nn.GRUCell,
                         native="gru", chrono={"z": 1.0}),
