@@ -57,6 +57,7 @@ bench: $(STAMP)
 	  --out experiments/results/speed_tuned.md
 	$(TUNED) $(BENCH) --seq-lens 100 --batch 64 --hidden 512 \
 	  --out experiments/results/speed_h512_tuned.md
+	$(PY) experiments/speed_table.py
 
 # One thread against two, both sides (the sequential-MNIST shape, time only).
 bench-threads: $(STAMP)

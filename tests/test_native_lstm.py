@@ -109,6 +109,34 @@ def test_matches_torch_vf_lstm(proj, dtype):
     torch.testing.assert_close(out, vf_out, **TOL[dtype])
 
 
+@pytest.mark.parametrize("I", [3, 70], ids=["per-step projection", "up-front projection"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("proj", [None, 3])
+def test_projection_inside_the_op(proj, reverse, dtype, I):
+    """native.sequence with x and w_ih (the projection in the op) = the step loop on
+    F.linear(x, w_ih, b_ih): outputs, states and the gradients of x, w_ih and b_ih too."""
+    from seqnorm import native
+
+    args, bs = make(SIZES["packed"], 5, proj, dtype)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(args["gi"].shape[0], I, generator=g, dtype=dtype).requires_grad_()
+    w_ih = (torch.randn(20, I, generator=g, dtype=dtype) / I**0.5).requires_grad_()
+    b_ih = torch.randn(20, generator=g, dtype=dtype).requires_grad_()
+    state = (args["h0"], args["c0"])
+    out, (h, c) = native.sequence("lstm", x, w_ih, b_ih, state, args["w_hh"], args["b_hh"],
+                                  args["w_hr"], bs, reverse)  # fmt: skip
+    gi = torch.nn.functional.linear(x, w_ih, b_ih)
+    r_out, (r_h, r_c) = lstm_reference(gi, state, args["w_hh"], args["b_hh"], args["w_hr"], bs,
+                                       reverse)  # fmt: skip
+    leaves = [x, w_ih, b_ih, *state, args["w_hh"], args["b_hh"]] + ([args["w_hr"]] if proj else [])
+    cot = [torch.randn(t.shape, generator=g, dtype=dtype) for t in (out, h, c)]
+    got = torch.autograd.grad((out, h, c), leaves, cot)
+    want = torch.autograd.grad((r_out, r_h, r_c), leaves, cot)
+    for a, e in zip([out, h, c, *got], [r_out, r_h, r_c, *want], strict=True):
+        torch.testing.assert_close(a, e, **TOL[dtype])
+
+
 @pytest.mark.parametrize("sizes", [[1], [2], [1, 1, 1], [3, 1]], ids=str)
 @pytest.mark.parametrize("proj", [None, 2])
 def test_edges_t1_b1_no_bias(sizes, proj):

@@ -4,7 +4,7 @@
 //   n = tanh(gi_n + r * (W_hn h + b_hn))  h' = n + z * (h - n)
 //
 // gi = x @ W_ih^T + b_ih for all steps is ONE GEMM up front (into pooled memory, not kept for
-// the backward). Forward, per step: ONE GEMM (h_{t-1} @ W_hh^T) and ONE fused pass that
+// the backward), or per step for a narrow input (common.h, Input). Forward, per step: ONE GEMM (h_{t-1} @ W_hh^T) and ONE fused pass that
 // writes h_t and the gates (r, z, n, W_hn h + b_hn) the backward needs; h_{t-1} is read back
 // from the output. Backward: one reverse walk, per step one fused pass and two GEMMs
 // (dh_{t-1} += dgh @ W_hh, and dW_hh^T += h_{t-1}^T @ dgh accumulated while dgh is in cache);
@@ -88,7 +88,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
     const c10::optional<at::Tensor>& b_ih, const at::Tensor& h0_, const at::Tensor& w_hh_,
     const c10::optional<at::Tensor>& b_hh, const at::Tensor& batch_sizes, bool reverse,
     bool save) {
-  const at::Tensor gi = project(x, w_ih, b_ih);  // (N, 3H)
+  const Input in = input(x, w_ih, b_ih, h0_.dim() == 2 ? h0_.size(0) : 1);
+  const at::Tensor gi = in.like();  // (N, 3H)
   check_common(gi, h0_, w_hh_, b_hh, 3);
   const at::Tensor h0 = h0_.contiguous(), w_hh = w_hh_.contiguous();
   const int64_t N = gi.size(0), B = h0.size(0), H = h0.size(1);
@@ -109,7 +110,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
       const int64_t bs = p.sizes[t], o = p.off[t];
       gemm_rm<T>(bs, 3 * H, H, s, H, wT.data_ptr<T>(), 3 * H, q, 3 * H, false);
       auto rows = save ? forward_rows<T, true> : forward_rows<T, false>;
-      rows(bs, H, gi.data_ptr<T>() + o * 3 * H, q, b, out.data_ptr<T>() + o * H, s,
+      rows(bs, H, in.rows<T>(o, bs), q, b, out.data_ptr<T>() + o * H, s,
            save ? gates.data_ptr<T>() + o * 4 * H : nullptr);
     }
   });
@@ -130,7 +131,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const at::Tensor go = grad_out.has_value() ? contiguous_pooled(*grad_out) : at::Tensor();
   TORCH_CHECK(!go.defined() || go.sizes() == out.sizes(), "grad_out must be ", out.sizes());
   const Packed p = packed_layout(batch_sizes, N, B);
-  at::Tensor dgi = pooled_empty({N, 3 * H}, out.options());
+  const InputGrad ig = input_grad(x, w_ih, N, 3 * H, B, out.options());
   at::Tensor dgh = scratch(out, B * 3 * H, 1);       // one step's dL/d(h W_hh^T + b_hh)
   at::Tensor hpT = scratch(out, H * B, 2);           // one step's h_{t-1}^T (H, bs)
   at::Tensor dwT = at::zeros({H, 3 * H}, out.options());  // dL/dW_hh^T
@@ -150,7 +151,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       const PrevRows pr = prev_rows(p, t, reverse);
       auto rows = go.defined() ? backward_rows<T, true> : backward_rows<T, false>;
       rows(bs, H, go.defined() ? go.data_ptr<T>() + o * H : nullptr, dh.data_ptr<T>(),
-           gates.data_ptr<T>() + o * 4 * H, pr, po, ph0, dgi.data_ptr<T>() + o * 3 * H, q,
+           gates.data_ptr<T>() + o * 4 * H, pr, po, ph0, ig.rows<T>(o, bs), q,
            sum_h.data(), sum_i.data());
       sum_h.flush();
       sum_i.flush();
@@ -160,12 +161,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       if (bs > pr.n_out)
         transpose<T>(bs - pr.n_out, H, ph0 + pr.n_out * H, H, pt + pr.n_out, bs);
       gemm_rm<T>(H, 3 * H, bs, pt, bs, q, 3 * H, dwT.data_ptr<T>(), 3 * H, true);
+      ig.step<T>(o, bs);
     }
     sum_h.into(db);
     sum_i.into(dbi);
   });
   dbi.narrow(0, 0, 2 * H).copy_(db.narrow(0, 0, 2 * H));
-  auto [dx, dw_ih, db_ih] = project_backward(dgi, x, w_ih, has_b_ih, dbi);
+  auto [dx, dw_ih, db_ih] = ig.finish(has_b_ih, dbi);
   return {dx, dw_ih, db_ih, dh, dwT.t().contiguous(), db};
 }
 

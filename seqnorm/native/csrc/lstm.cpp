@@ -3,7 +3,8 @@
 //   i, f, g, o = sigmoid/sigmoid/tanh/sigmoid(gi + h_{t-1} @ W_hh^T + b_hh)
 //   c_t = f * c_{t-1} + i * g     m_t = o * tanh(c_t)     h_t = m_t (@ W_hr^T with proj_size)
 //
-// gi = x @ W_ih^T + b_ih for all steps is ONE GEMM up front (pooled memory, not kept).
+// gi = x @ W_ih^T + b_ih for all steps is ONE GEMM up front (pooled memory, not kept), or per
+// step for a narrow input (common.h, Input).
 // Forward, per step: ONE GEMM for the gates, ONE fused pass over the four gates, and with
 // proj_size a second GEMM h = m @ W_hr^T. The backward walks the sequence once in reverse:
 // per step one fused pass, dh_{t-1} = dgates @ W_hh, and dW_hh^T += h_{t-1}^T @ dgates
@@ -124,7 +125,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& w_hh_, const c10::optional<at::Tensor>& b_hh,
     const c10::optional<at::Tensor>& w_hr_, const at::Tensor& batch_sizes, bool reverse,
     bool save) {
-  const at::Tensor gi = project(x, w_ih, b_ih);  // (N, 4H)
+  const Input in = input(x, w_ih, b_ih, h0_.dim() == 2 ? h0_.size(0) : 1);
+  const at::Tensor gi = in.like();  // (N, 4H)
   check_inputs(gi, h0_, c0_, w_hh_, b_hh, w_hr_);
   const bool proj = w_hr_.has_value();
   const int64_t H = gi.size(1) / 4, B = h0_.size(0), N = gi.size(0);
@@ -155,7 +157,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       gemm_rm<T>(bs, 4 * H, R, hs, R, wT.data_ptr<T>(), 4 * H, q, 4 * H, false);
       T* ho = out.data_ptr<T>() + o * R;
       T* mrow = proj ? m.data_ptr<T>() + so * o * H : ho;
-      forward_gates<T>(bs, H, gi.data_ptr<T>() + o * 4 * H, q,
+      forward_gates<T>(bs, H, in.rows<T>(o, bs), q,
                        gates.data_ptr<T>() + so * o * 4 * H, bias.data_ptr<T>(),
                        c_state.data_ptr<T>(), cs.data_ptr<T>() + so * o * H, mrow);
       if (proj) gemm_rm<T>(bs, R, H, mrow, H, w_hrT.data_ptr<T>(), R, ho, R, false);
@@ -193,7 +195,7 @@ lstm_backward(const c10::optional<at::Tensor>& grad_out, const c10::optional<at:
   const at::Tensor w_hh = w_hh_.contiguous();                      // (4H, R)
   const at::Tensor w_hr = proj ? w_hr_->contiguous() : at::Tensor();  // (P, H)
 
-  at::Tensor dgi = pooled_empty({N, 4 * H}, opts);
+  const InputGrad ig = input_grad(x, w_ih, N, 4 * H, B, opts);
   at::Tensor dh_state = grad_hn.has_value() ? grad_hn->contiguous().clone() : at::zeros_like(h0);
   at::Tensor dc_state = grad_cn.has_value() ? grad_cn->contiguous().clone() : at::zeros_like(c0);
   at::Tensor dwT = at::zeros({R, 4 * H}, opts);                   // dL/dW_hh^T
@@ -215,7 +217,7 @@ lstm_backward(const c10::optional<at::Tensor>& grad_out, const c10::optional<at:
       const int64_t t = reverse ? k : s.T - 1 - k;  // the forward's steps, last first
       const int64_t bs = s.sizes[t], o = s.off[t];
       const PrevRows pr = prev_rows(s, t, reverse);
-      T* dg = dgi.data_ptr<T>() + o * 4 * H;
+      T* dg = ig.rows<T>(o, bs);
       if (proj) {
         T* d = dh.data_ptr<T>();  // dh_t = grad_out + dh_state, (bs, P)
         const T* g = go.defined() ? go.data_ptr<T>() + o * R : nullptr;
@@ -247,10 +249,11 @@ lstm_backward(const c10::optional<at::Tensor>& grad_out, const c10::optional<at:
       if (bs > pr.n_out)
         transpose<T>(bs - pr.n_out, R, ph0 + pr.n_out * R, R, pt + pr.n_out, bs);
       gemm_rm<T>(R, 4 * H, bs, pt, bs, dg, 4 * H, dwT.data_ptr<T>(), 4 * H, true);
+      ig.step<T>(o, bs);
     }
     sum_b.into(db);
   });
-  auto [dx, dw_ih, db_ih] = project_backward(dgi, x, w_ih, has_b_ih, db);  // dgi = dgates
+  auto [dx, dw_ih, db_ih] = ig.finish(has_b_ih, db);  // dgi = dgates
   const at::Tensor none = at::empty({0}, opts);
   return {dx, dw_ih, db_ih, dh_state, dc_state, dwT.t().contiguous(), need_bias ? db.clone() : none,
           proj ? dw_hrT.t().contiguous() : none};

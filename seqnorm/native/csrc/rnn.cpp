@@ -1,6 +1,7 @@
 // Whole-sequence forward and backward of the one-gate RNNs: rnn_tanh, rnn_relu, rnn_modrelu.
 //
-// gi = x @ W_ih^T + b_ih for all steps is ONE GEMM up front (pooled memory, not kept).
+// gi = x @ W_ih^T + b_ih for all steps is ONE GEMM up front (pooled memory, not kept), or per
+// step for a narrow input (common.h, Input).
 // Forward, per step: ONE GEMM (h_{t-1} @ W_hh^T straight into the output rows) and ONE fused
 // pass (add gi and b_hh, the nonlinearity, write h_t to the output and the state buffer).
 // Backward: one reverse walk, per step one fused pass (dL/dz, and db) and two GEMMs
@@ -111,7 +112,8 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward(
     const c10::optional<at::Tensor>& b_hh, const c10::optional<at::Tensor>& extra,
     const at::Tensor& batch_sizes, bool reverse) {
   const Act act = parse_mode(mode);
-  const at::Tensor gi = project(x, w_ih, b_ih);  // (N, H)
+  const Input in = input(x, w_ih, b_ih, h0_.dim() == 2 ? h0_.size(0) : 1);
+  const at::Tensor gi = in.like();  // (N, H)
   check_common(gi, h0_, w_hh_, b_hh, 1);
   const at::Tensor h0 = h0_.contiguous(), w_hh = w_hh_.contiguous();
   const int64_t N = gi.size(0), B = h0.size(0), H = h0.size(1);
@@ -138,7 +140,7 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward(
       const int64_t bs = p.sizes[t], o = p.off[t];
       T* po = out.data_ptr<T>() + o * H;
       gemm_rm<T>(bs, H, H, s, H, wT.data_ptr<T>(), H, po, H, false);
-      forward_step<T>(act, bs, H, gi.data_ptr<T>() + o * H, po, s, b, m);
+      forward_step<T>(act, bs, H, in.rows<T>(o, bs), po, s, b, m);
     }
   });
   return {out, hbuf};
@@ -158,7 +160,7 @@ rnn_backward(c10::string_view mode, const c10::optional<at::Tensor>& grad_out,
   const at::Tensor go = grad_out.has_value() ? contiguous_pooled(*grad_out) : at::Tensor();
   TORCH_CHECK(!go.defined() || go.sizes() == out.sizes(), "grad_out must be ", out.sizes());
   const Packed p = packed_layout(batch_sizes, N, B);
-  at::Tensor dz = pooled_empty({N, H}, out.options());  // dL/dz = dL/dgi = dL/d(h W^T + b)
+  const InputGrad ig = input_grad(x, w_ih, N, H, B, out.options());  // dL/dz = dL/dgi
   at::Tensor dh = grad_hn.has_value() ? grad_hn->contiguous().clone() : at::zeros_like(h0);
   at::Tensor hpT = scratch(out, H * B, 2);              // one step's h_{t-1}^T (H, bs)
   at::Tensor dwT = at::zeros({H, H}, out.options());    // dL/dW_hh^T
@@ -174,7 +176,7 @@ rnn_backward(c10::string_view mode, const c10::optional<at::Tensor>& grad_out,
     for (int64_t k = 0; k < p.T; ++k) {
       const int64_t t = reverse ? k : p.T - 1 - k;
       const int64_t bs = p.sizes[t], o = p.off[t];
-      T* pz = dz.data_ptr<T>() + o * H;
+      T* pz = ig.rows<T>(o, bs);
       if (go.defined()) {
         backward_step<T, true>(act, bs, H, go.data_ptr<T>() + o * H, pd, po + o * H, pz,
                                sum_b.data(), sum_m.data());
@@ -190,12 +192,13 @@ rnn_backward(c10::string_view mode, const c10::optional<at::Tensor>& grad_out,
       if (bs > pr.n_out)
         transpose<T>(bs - pr.n_out, H, ph0 + pr.n_out * H, H, pt + pr.n_out, bs);
       gemm_rm<T>(H, H, bs, pt, bs, pz, H, dwT.data_ptr<T>(), H, true);  // dW^T += h^T dz
+      ig.step<T>(o, bs);
     }
     sum_b.into(db);
     sum_m.into(acc);
   });
   if (act != Act::ModRelu) acc = at::empty({0}, out.options());
-  auto [dx, dw_ih, db_ih] = project_backward(dz, x, w_ih, has_b_ih, db.clone());
+  auto [dx, dw_ih, db_ih] = ig.finish(has_b_ih, db.clone());
   return {dx, dw_ih, db_ih, dh, dwT.t().contiguous(), db, acc};
 }
 
