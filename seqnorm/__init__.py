@@ -11,6 +11,7 @@ True
 from torch.nn.utils.parametrize import cached
 
 from .constraints import CONSTRAINTS, constrain, is_constrained
+from .denormal import denormals_flushed, flush_denormal
 from .layers import (
     SpectralGRU,
     SpectralGRUCell,
@@ -36,6 +37,8 @@ __all__ = [
     "cached",
     "constrain",
     "constrained_parameters",
+    "denormals_flushed",
+    "flush_denormal",
     "from_torch",
     "is_constrained",
     "param_groups",

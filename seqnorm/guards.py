@@ -1,4 +1,4 @@
-"""A Lightning callback that stops training at the first NaN/inf loss or gradient.
+"""Lightning callbacks that keep a run healthy: NaN/inf stops it, subnormals are flushed.
 
 :class:`NonFiniteGuard` checks the loss before every backward pass and the gradients
 before every optimiser step (automatic and manual optimisation alike, so truncated BPTT
@@ -11,6 +11,10 @@ whose gradient is bad, and the newest checkpoint any ModelCheckpoint of the trai
 :class:`seqnorm.SeqModel` adds a guard by itself (``stop_on_nonfinite=True``, the default),
 so every run of the ``seqnorm`` CLI is guarded; any other LightningModule can be guarded by
 passing ``NonFiniteGuard()`` in the trainer's callbacks.
+
+:class:`FlushDenormals` runs fit, validate, test and predict with subnormal floats flushed to
+zero (:func:`seqnorm.flush_denormal`) and restores the previous mode afterwards, also when the
+run fails; :class:`seqnorm.SeqModel` adds it by itself (``flush_denormal=True``, the default).
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-__all__ = ["NonFiniteGuard", "NonFiniteLossError"]
+from .denormal import flush_denormal
+
+__all__ = ["FlushDenormals", "NonFiniteGuard", "NonFiniteLossError"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -101,6 +107,41 @@ class NonFiniteGuard(pl.Callback):
             f"{head}; training stopped before the update, last good checkpoint: "
             f"{newest_checkpoint(trainer)} ({advice})"
         )
+
+
+class FlushDenormals(pl.Callback):
+    """Flush subnormal floats to zero for the whole of each trainer entry point.
+
+    Entered at ``setup`` (before the sanity check, the first batch and every validation),
+    left at ``teardown`` or, when the run raises, at ``on_exception``: the calling thread and
+    torch's intra-op pool get their previous floating-point mode back either way. Covers
+    every computation the trainer's thread runs: seqnorm's and torch's kernels, the unrolled
+    probe path, autocast.
+
+    Args:
+        enabled: flush (``True``) or, with ``False``, run with flushing explicitly off.
+    """
+
+    def __init__(self, enabled: bool = True) -> None:
+        self._mode = flush_denormal(enabled)
+        self._depth = 0
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._mode.__enter__()
+        self._depth += 1
+
+    def _leave(self) -> None:
+        if self._depth > 0:
+            self._depth -= 1
+            self._mode.__exit__(None, None, None)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._leave()
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self._leave()
 
 
 def newest_checkpoint(trainer: pl.Trainer) -> str:

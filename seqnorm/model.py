@@ -18,7 +18,7 @@ from torch.nn import functional as F
 from torchmetrics import Accuracy, MeanMetric, MeanSquaredError
 
 from .constraints import check_constraint
-from .guards import NonFiniteGuard, NonFiniteLossError
+from .guards import FlushDenormals, NonFiniteGuard, NonFiniteLossError
 from .layers import SpectralGRU, SpectralLSTM, SpectralRNN
 from .linalg import check_int, compute_dtype
 from .optim import param_groups
@@ -77,6 +77,12 @@ class SeqModel(pl.LightningModule):
             checkpoint stays good and the loggers are flushed: the model adds a
             :class:`seqnorm.guards.NonFiniteGuard` to the trainer's callbacks
             (:meth:`configure_callbacks`).
+        flush_denormal: run fit, validate and test with subnormal floats (below 1.2e-38 in
+            float32) flushed to zero, on every thread that computes, and restore the previous
+            mode afterwards (:class:`seqnorm.guards.FlushDenormals`). With a last-step loss
+            the gradients of early steps decay into subnormals, on which x86 cores compute
+            many times slower; flushing changes nothing above that range. ``False``: leave
+            the floating-point mode alone.
         tbptt_steps: truncated backpropagation through time: split each sequence into
             chunks of this many steps with an optimiser step per chunk (manual
             optimisation; ``trainer.gradient_clip_val`` is then not available). ``None``:
@@ -122,6 +128,7 @@ class SeqModel(pl.LightningModule):
         spectral_penalty: float = 0.0,
         unroll: bool = False,
         stop_on_nonfinite: bool = True,
+        flush_denormal: bool = True,
         tbptt_steps: int | None = None,
         init: str = "torch",
         chrono_init: int | None = None,
@@ -153,6 +160,9 @@ class SeqModel(pl.LightningModule):
         self.baseline = baseline
         self.spectral_penalty = float(spectral_penalty)
         self.stop_on_nonfinite = stop_on_nonfinite
+        if not isinstance(flush_denormal, bool):
+            raise ValueError(f"flush_denormal must be a bool, got {flush_denormal!r}")
+        self.flush_denormal = flush_denormal
         if tbptt_steps is not None and (not isinstance(tbptt_steps, int) or tbptt_steps < 1):
             raise ValueError(f"tbptt_steps must be None or an int >= 1, got {tbptt_steps!r}")
         if tbptt_steps is not None and bidirectional:
@@ -400,9 +410,13 @@ class SeqModel(pl.LightningModule):
         self.current_batch = None
 
     def configure_callbacks(self) -> list[pl.Callback]:
-        """A :class:`~seqnorm.guards.NonFiniteGuard` when ``stop_on_nonfinite`` (it replaces
-        one the trainer already has)."""
-        return [NonFiniteGuard()] if self.stop_on_nonfinite else []
+        """A :class:`~seqnorm.guards.NonFiniteGuard` when ``stop_on_nonfinite`` and a
+        :class:`~seqnorm.guards.FlushDenormals` when ``flush_denormal`` (each replaces one
+        the trainer already has)."""
+        callbacks: list[pl.Callback] = [NonFiniteGuard()] if self.stop_on_nonfinite else []
+        if self.flush_denormal:
+            callbacks.append(FlushDenormals())
+        return callbacks
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._step(batch, "val")

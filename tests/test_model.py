@@ -285,7 +285,10 @@ def test_gate_names_come_from_the_layer_and_the_old_table_warns():
 
 
 def test_the_model_guards_itself_unless_told_not_to():
-    from seqnorm.guards import NonFiniteGuard
+    from seqnorm.guards import FlushDenormals, NonFiniteGuard
 
-    assert [type(c) for c in SeqModel().configure_callbacks()] == [NonFiniteGuard]
-    assert SeqModel(stop_on_nonfinite=False).configure_callbacks() == []
+    kinds = [type(c) for c in SeqModel().configure_callbacks()]
+    assert kinds == [NonFiniteGuard, FlushDenormals]
+    kinds = [type(c) for c in SeqModel(stop_on_nonfinite=False).configure_callbacks()]
+    assert kinds == [FlushDenormals]
+    assert SeqModel(stop_on_nonfinite=False, flush_denormal=False).configure_callbacks() == []

@@ -15,6 +15,7 @@ import torch
 from torch import _VF
 from torch.nn import functional as F
 
+import seqnorm
 from seqnorm import native
 from seqnorm.layers.spec import SPECS
 from seqnorm.native import build
@@ -342,3 +343,24 @@ def test_two_processes_build_one_library(tmp_path):
     assert sum("building native CPU kernels" in r[1] for r in results) == 1
     libs = list(tmp_path.rglob("*.so"))
     assert len(libs) == 1 and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: seqnorm.SpectralGRU(3, 8), lambda: seqnorm.SpectralLSTM(3, 8)]
+)
+def test_training_after_inference_mode_reuses_no_inference_buffer(make):
+    """Lightning validates under torch.inference_mode(); the kernels' reused output buffers
+    from that call must not come back as tensors autograd has to save in training."""
+    native.set_backend("native")
+    try:
+        layer = make()
+        x = torch.randn(5, 2, 3)
+        with torch.inference_mode():
+            layer(x)
+        out, _ = layer(x)  # same shapes: the pool's buffers are free and large enough
+        out.sum().backward()
+        assert layer.weight_hh_l0.grad is not None or any(
+            p.grad is not None for p in layer.parameters()
+        )
+    finally:
+        native.set_backend(None)

@@ -41,6 +41,11 @@ CSRC = Path(__file__).with_name("csrc")
 #: vectorise without it, and it would change torch's NaN/inf semantics).
 CFLAGS = ["-O3", "-march=native" if platform.machine() in ("x86_64", "AMD64") else "-mcpu=native",
           "-fno-math-errno", "-DNDEBUG"]  # fmt: skip
+#: OpenMP, so that the kernels can set their floating-point mode (csrc/fpmode.h) on every thread
+#: of torch's intra-op pool: at::parallel_for runs in parallel only in code built with it. On
+#: Linux torch's wheel carries its libgomp.so.1, which the library then shares (same soname).
+_LINUX_OMP = sys.platform.startswith("linux") and torch.backends.openmp.is_available()
+OPENMP = ["-fopenmp"] if _LINUX_OMP else []
 _FIX = (
     "the layers use torch's kernels instead. To get the native kernels, install a C++ "
     "compiler (g++ or clang++, or set CXX) and ninja (`pip install ninja`), then start a new "
@@ -88,7 +93,7 @@ def _key() -> str:
     h = hashlib.sha256()
     for p in sorted([*_sources(), *CSRC.glob("*.h")]):
         h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
-    h.update(" ".join(CFLAGS).encode())
+    h.update(" ".join(CFLAGS + OPENMP).encode())
     h.update(os.environ.get("CXX", "").encode())
     abi = sysconfig.get_config_var("SOABI") or sys.implementation.cache_tag
     torch_version = torch.__version__.replace("+", "_")
@@ -149,7 +154,8 @@ def _build(target: Path) -> None:
             cpp_extension.load(
                 name=NAME,
                 sources=[str(p) for p in _sources()],
-                extra_cflags=CFLAGS,
+                extra_cflags=CFLAGS + OPENMP,
+                extra_ldflags=OPENMP,
                 build_directory=str(tmp),
                 is_python_module=False,
                 verbose=False,

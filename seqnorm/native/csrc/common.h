@@ -13,6 +13,8 @@
 #include <ATen/ATen.h>
 #include <ATen/native/CPUBlas.h>
 
+#include "fpmode.h"
+
 #include <cstdint>
 #include <cstring>
 #include <algorithm>
@@ -157,10 +159,14 @@ inline at::Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& o
   int64_t n = 1;
   for (int64_t s : sizes) n *= s;
   at::Tensor* best = nullptr;
-  at::Tensor* spare = nullptr;  // a free buffer too small: evicted if the pool is full
+  at::Tensor* spare = nullptr;  // a free buffer too small or unusable: evicted if the pool is full
+  const bool inference = c10::InferenceMode::is_enabled();
   for (auto& b : pool) {
     if (b.storage().use_count() != 1 || b.use_count() != 1) continue;
-    if (b.scalar_type() == opt.dtype().toScalarType() && b.numel() >= n) {
+    // A buffer made under torch.inference_mode() (Lightning's validation) is an inference
+    // tensor: autograd cannot save it, so outside that mode it is only ever evicted.
+    const bool usable = inference || !b.is_inference();
+    if (usable && b.scalar_type() == opt.dtype().toScalarType() && b.numel() >= n) {
       if (best == nullptr || b.numel() < best->numel()) best = &b;
     } else {
       spare = &b;

@@ -10,6 +10,7 @@ namespace {
 
 // c (M, N) = a (M, K) @ b (K, N) (+ c if accumulate); row-major, unit column stride.
 void gemm_(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c, bool accumulate) {
+  const FlushDenormals flush;  // subnormals read and written as 0 (fpmode.h), restored on return
   TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && c.dim() == 2, "gemm_: 2-D tensors expected");
   TORCH_CHECK(a.size(1) == b.size(0) && c.size(0) == a.size(0) && c.size(1) == b.size(1),
               "gemm_: shapes ", a.sizes(), " @ ", b.sizes(), " -> ", c.sizes(), " do not match");

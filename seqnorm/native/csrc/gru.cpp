@@ -88,6 +88,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
     const c10::optional<at::Tensor>& b_ih, const at::Tensor& h0_, const at::Tensor& w_hh_,
     const c10::optional<at::Tensor>& b_hh, const at::Tensor& batch_sizes, bool reverse,
     bool save) {
+  const FlushDenormals flush;  // subnormals read and written as 0 (fpmode.h), restored on return
   const Input in = input(x, w_ih, b_ih, h0_.dim() == 2 ? h0_.size(0) : 1);
   const at::Tensor gi = in.like();  // (N, 3H)
   check_common(gi, h0_, w_hh_, b_hh, 3);
@@ -122,6 +123,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& x, const c10::optional<at::Tensor>& w_ih, bool has_b_ih,
     const at::Tensor& h0_, const at::Tensor& w_hh_, const at::Tensor& out_,
     const at::Tensor& gates_, const at::Tensor& batch_sizes, bool reverse) {
+  const FlushDenormals flush;  // subnormals read and written as 0 (fpmode.h), restored on return
   const at::Tensor out = out_.contiguous(), gates = gates_.contiguous();
   const at::Tensor h0 = h0_.contiguous(), w_hh = w_hh_.contiguous();
   const int64_t N = out.size(0), B = h0.size(0), H = out.size(1);

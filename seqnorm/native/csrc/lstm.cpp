@@ -125,6 +125,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& w_hh_, const c10::optional<at::Tensor>& b_hh,
     const c10::optional<at::Tensor>& w_hr_, const at::Tensor& batch_sizes, bool reverse,
     bool save) {
+  const FlushDenormals flush;  // subnormals read and written as 0 (fpmode.h), restored on return
   const Input in = input(x, w_ih, b_ih, h0_.dim() == 2 ? h0_.size(0) : 1);
   const at::Tensor gi = in.like();  // (N, 4H)
   check_inputs(gi, h0_, c0_, w_hh_, b_hh, w_hr_);
@@ -180,6 +181,7 @@ lstm_backward(const c10::optional<at::Tensor>& grad_out, const c10::optional<at:
               const c10::optional<at::Tensor>& w_hr_, const at::Tensor& out_,
               const at::Tensor& gates_, const at::Tensor& cs_, const at::Tensor& m_,
               const at::Tensor& batch_sizes, bool reverse, bool need_bias) {
+  const FlushDenormals flush;  // subnormals read and written as 0 (fpmode.h), restored on return
   const bool proj = w_hr_.has_value();
   const at::Tensor gates = gates_.contiguous(), cs = cs_.contiguous(), out = out_.contiguous();
   const at::Tensor m = m_.contiguous(), h0 = h0_.contiguous(), c0 = c0_.contiguous();

@@ -111,6 +111,7 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward(
     const c10::optional<at::Tensor>& b_ih, const at::Tensor& h0_, const at::Tensor& w_hh_,
     const c10::optional<at::Tensor>& b_hh, const c10::optional<at::Tensor>& extra,
     const at::Tensor& batch_sizes, bool reverse) {
+  const FlushDenormals flush;  // subnormals read and written as 0 (fpmode.h), restored on return
   const Act act = parse_mode(mode);
   const Input in = input(x, w_ih, b_ih, h0_.dim() == 2 ? h0_.size(0) : 1);
   const at::Tensor gi = in.like();  // (N, H)
@@ -152,6 +153,7 @@ rnn_backward(c10::string_view mode, const c10::optional<at::Tensor>& grad_out,
              const c10::optional<at::Tensor>& w_ih, bool has_b_ih, const at::Tensor& h0_,
              const at::Tensor& w_hh_, const at::Tensor& out_, const at::Tensor& batch_sizes,
              bool reverse) {
+  const FlushDenormals flush;  // subnormals read and written as 0 (fpmode.h), restored on return
   const Act act = parse_mode(mode);
   const at::Tensor out = out_.contiguous(), h0 = h0_.contiguous(), w_hh = w_hh_.contiguous();
   const int64_t N = out.size(0), B = h0.size(0), H = out.size(1);
