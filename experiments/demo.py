@@ -32,8 +32,9 @@ from torch import nn
 from torch.nn import functional as F
 
 import seqnorm
+from seqnorm import plots
 from seqnorm.data import CopyMemoryDataModule
-from seqnorm.probes import hidden_grad_norms
+from seqnorm.probes import below_range, hidden_grad_norms, log10_norms
 
 RUNS = {  # name: (layer factory, lr of the constrained parameters)
     "orthogonal modReLU RNN": (
@@ -106,13 +107,17 @@ def figure(results: dict[str, dict], dest: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import colormaps
 
-    logs = {
-        n: torch.stack([p for _, p in r["probes"]]).clamp_min(1e-38).log10()
-        for n, r in results.items()
-    }
-    vmin = min(float(z.min()) for z in logs.values())
-    vmax = max(float(z.max()) for z in logs.values())
+    # One colour scale over the measurable norms of all runs; norms below float range (zero,
+    # flushed, subnormal) go under it, in the library's own colour for them.
+    vmin, vmax = plots.heatmap_limits(*(r["probes"] for r in results.values())) or (-1.0, 0.0)
+    cmap = colormaps["viridis"].with_extremes(under=plots.BELOW_RANGE_COLOR)
+    logs, below = {}, {}
+    for n, r in results.items():
+        norms = torch.stack([p for _, p in r["probes"]])  # (probes, T)
+        below[n] = below_range(norms)
+        logs[n] = torch.where(below[n], vmin - 1.0, log10_norms(norms).clamp_min(vmin))
     fig, axes = plt.subplots(len(results), 2, figsize=(12, 3.2 * len(results)), squeeze=False)
     for (name, r), (ax_l, ax_h) in zip(results.items(), axes, strict=True):
         ratio = torch.tensor(r["losses"]) / r["baseline"]
@@ -130,12 +135,14 @@ def figure(results: dict[str, dict], dest: Path) -> None:
             vmin=vmin,
             vmax=vmax,
             extent=(-0.5, T - 0.5, -0.5, len(steps) - 0.5),
-            cmap="viridis",
+            cmap=cmap,
         )
         ticks = range(0, len(steps), max(1, len(steps) // 6))
         ax_h.set_yticks(list(ticks), [str(steps[i]) for i in ticks])
         ax_h.set(title=f"{name}: log10 ||dL/dh_t||", xlabel="time step t", ylabel="training step")
-        fig.colorbar(im, ax=ax_h)
+        grey = bool(below[name].any())
+        fig.colorbar(im, ax=ax_h, extend="min" if grey else "neither",
+                     label="grey: below float range" if grey else None)  # fmt: skip
     fig.tight_layout()
     dest.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(dest, dpi=100)

@@ -150,6 +150,25 @@ def plot_curves(task: str, runs: pd.DataFrame, root: Path, out: Path) -> Path:
     return path
 
 
+def seed_mean_norms(log10_curves: list[np.ndarray]) -> np.ndarray:
+    """The mean over seeds of ``probes.npz`` curves (``log10_norms``), as norms again.
+
+    A step below float range (at ``log10_floor``) in every seed stays below it (0, which
+    ``grad_norm_curve`` marks at the floor); elsewhere a seed at the floor counts with the
+    floor, so the mean there is an upper bound. Going back through ``10 **`` alone would
+    land a hair above the floor and draw it as a measured norm.
+    """
+    import torch
+
+    from seqnorm.probes import log10_floor
+
+    z = np.stack(log10_curves)  # (seeds, T)
+    dtype = torch.float64 if z.dtype == np.float64 else torch.float32
+    below = (z <= log10_floor(dtype)).all(axis=0)  # (T,)
+    norms = np.where(below, 0.0, 10.0 ** z.astype(np.float64).mean(axis=0))  # (T,)
+    return norms.astype(z.dtype)
+
+
 def plot_gradflow(task: str, runs: pd.DataFrame, root: Path, out: Path) -> Path | None:
     """log10 ||dL/dh_t|| after training, one line per variant (layer 0, mean over seeds)."""
     from seqnorm.plots import grad_norm_curve
@@ -159,11 +178,11 @@ def plot_gradflow(task: str, runs: pd.DataFrame, root: Path, out: Path) -> Path 
         ends = [np.load(f)["end"][0] for f in (root / g.run_dir).map(lambda p: p / "probes.npz")
                 if f.exists() and "end" in np.load(f)]  # fmt: skip
         if ends:
-            rows.append(np.mean(ends, axis=0))
+            rows.append(seed_mean_norms(ends))  # the probe stores log10
             labels.append(g.label.iloc[0])
     if not rows:
         return None
-    fig = grad_norm_curve(10.0 ** np.stack(rows), labels=labels)  # the probe stores log10
+    fig = grad_norm_curve(np.stack(rows), labels=labels)
     fig.axes[0].set_title(f"{task}: gradient norm per time step after training")
     path = out / f"gradflow_{task}.png"
     fig.savefig(path, dpi=100, bbox_inches="tight")

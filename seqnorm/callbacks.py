@@ -43,7 +43,7 @@ from torch import Tensor
 
 from . import plots
 from .linalg import check_int
-from .probes import find_layers, hidden_grad_norms, summarize, weight_spectrum
+from .probes import below_range, find_layers, hidden_grad_norms, summarize, weight_spectrum
 from .rundir import RunDirOutput
 from .utils import eval_mode
 
@@ -233,14 +233,21 @@ class GradientFlowMonitor(_Monitor):
     :func:`seqnorm.probes.hidden_grad_norms` at step 0 and every ``every_n_steps``
     optimizer steps, with ``pl_module.loss(output, target)`` as the loss, and logs:
 
-    * scalars ``probe/decay_rate`` and ``probe/grad_ratio`` (top layer; ``/l{k}`` per
-      layer when stacked, see :func:`seqnorm.probes.summarize`: a negative rate means the
-      gradient vanishes going back in time), ``probe/sigma_max/l{k}/{gate}`` and
-      ``probe/lipschitz_bound`` (see :func:`seqnorm.probes.weight_spectrum`);
-    * ``gradient_flow/grad_norms.csv`` (``run_id, step, layer, t, norm``; appended every
-      probe);
-    * figures ``gradient_flow/heatmap.png`` (``log10 ||dL/dh[t]||`` over training steps)
-      and ``curve.png`` (the current curve), redrawn at most every
+    * scalars ``probe/decay_rate``, ``probe/grad_ratio``, ``probe/fit_steps`` and
+      ``probe/below_range_steps`` (top layer; ``/l{k}`` per layer when stacked, see
+      :func:`seqnorm.probes.summarize`: a negative rate means the gradient vanishes going
+      back in time; the rate is fitted over the ``fit_steps`` steps whose norm is within
+      float range, and a rate or ratio that is not defined there is not logged at that
+      step), ``probe/sigma_max/l{k}/{gate}`` and ``probe/lipschitz_bound`` (see
+      :func:`seqnorm.probes.weight_spectrum`);
+    * ``gradient_flow/grad_norms.csv`` (``run_id, step, layer, t, norm, below_range``;
+      appended every probe): ``norm`` is the measured norm, or, where it is below float
+      range (zero, flushed or subnormal: :func:`seqnorm.probes.below_range`), the floor
+      ``finfo.tiny`` (1.1754944e-38 for a float32 model) with ``below_range`` 1 -- never
+      0, so its ``log10`` is finite and equals the figures' floor;
+    * figures ``gradient_flow/heatmap.png`` (``log10 ||dL/dh[t]||`` over training steps,
+      norms below float range in grey) and ``curve.png`` (the current curve, those steps
+      marked at the floor), redrawn at most every
       ``image_every_n_steps`` and at the end of training (drawing a figure costs more
       than a probe); with a ``WandbLogger`` also logged as images
       ``probe/gradient_flow/heatmap`` and ``.../curve``, and, at the same moments, the
@@ -263,6 +270,8 @@ class GradientFlowMonitor(_Monitor):
     """
 
     csv_names = ("grad_norms.csv",)
+    #: The columns of ``grad_norms.csv`` (after ``run_id``) and of the W&B table.
+    CSV_COLUMNS = ("step", "layer", "t", "norm", "below_range")
 
     @classmethod
     def run_subdir(cls) -> str:
@@ -341,7 +350,8 @@ class GradientFlowMonitor(_Monitor):
         with _probing(pl_module):
             norms = hidden_grad_norms(pl_module, self._batch, loss_fn).cpu()  # (rows, T)
             spectra = self._spectra(pl_module)
-        metrics = {f"probe/{k}": v for k, v in summarize(norms).items()}
+        # A summary that is not defined (no two steps within float range) is left out.
+        metrics = {f"probe/{k}": v for k, v in summarize(norms).items() if v is not None}
         bound = 1.0
         self._labels = []
         for prefix, layer, spec in spectra:
@@ -354,8 +364,13 @@ class GradientFlowMonitor(_Monitor):
         metrics["probe/lipschitz_bound"] = bound
         self.history.append((step, norms))
         self._log_metrics(trainer, metrics, step)
-        rows = [[step, k, t, v] for k, row in enumerate(norms.tolist()) for t, v in enumerate(row)]
-        self._append_csv(trainer, "grad_norms.csv", ["step", "layer", "t", "norm"], rows)
+        # Below float range (zero, flushed, subnormal): the floor, flagged (see CSV_COLUMNS).
+        below = below_range(norms)  # (rows, T)
+        floored = norms.masked_fill(below, torch.finfo(norms.dtype).tiny)  # (rows, T)
+        rows = [[step, k, t, v, int(b)]
+                for k, (row, flags) in enumerate(zip(floored.tolist(), below.tolist(), strict=True))
+                for t, (v, b) in enumerate(zip(row, flags, strict=True))]  # fmt: skip
+        self._append_csv(trainer, "grad_norms.csv", list(self.CSV_COLUMNS), rows)
         self._pending_table += rows
 
     def _draw(self, step: int) -> dict[str, Figure]:
@@ -368,9 +383,8 @@ class GradientFlowMonitor(_Monitor):
         super()._images(trainer, step)
         for lg in trainer.loggers:
             if _is_wandb(lg) and self._pending_table:
-                lg.log_table(key="probe/gradient_flow/grad_norms",
-                             columns=["step", "layer", "t", "norm"], data=self._pending_table,
-                             step=step)  # fmt: skip
+                lg.log_table(key="probe/gradient_flow/grad_norms", columns=list(self.CSV_COLUMNS),
+                             data=self._pending_table, step=step)  # fmt: skip
         self._pending_table = []
 
     # -- checkpointing -----------------------------------------------------------------------

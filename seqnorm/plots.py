@@ -1,5 +1,10 @@
 """Matplotlib figures of the probes, shared by the callbacks and the experiment scripts.
 
+Gradient norms below float range (zero, flushed to zero or subnormal:
+:func:`seqnorm.probes.below_range`) have no place on a log scale; heatmaps draw them in
+:data:`BELOW_RANGE_COLOR` (outside the colour scale, which spans the measurable norms) and
+curves mark them at :func:`seqnorm.probes.log10_floor`, never as NaN or -inf.
+
 Figures are built with the object-oriented API on an Agg canvas (``Figure`` +
 ``FigureCanvasAgg``), never through ``pyplot``: nothing here changes the global backend or
 leaves figures open in pyplot's registry, so the functions are safe in a training process,
@@ -15,15 +20,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib import colormaps
 from matplotlib.axis import Axis
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from torch import Tensor
 
-from .probes import log10_norms
+from .probes import below_range, log10_floor, log10_norms
 
 __all__ = [
+    "BELOW_RANGE_COLOR",
     "grad_norm_curve",
     "grad_norm_heatmap",
     "heatmap_limits",
@@ -35,7 +42,17 @@ __all__ = [
 #: Most training-step rows a heatmap draws (evenly subsampled beyond that).
 MAX_HEATMAP_ROWS = 400
 
+#: The heatmap colour of norms below float range (zero, flushed or subnormal): a grey that
+#: viridis, the colour scale of the measurable norms, never takes.
+BELOW_RANGE_COLOR = "lightgrey"
+
 ArrayLike = Tensor | np.ndarray
+
+
+def _below_range_label(norms: Tensor) -> str:
+    """``below float32 range (< 1.2e-38)``: what a floored norm means, for a legend."""
+    dt = torch.float64 if norms.dtype == torch.float64 else torch.float32  # measured in
+    return f"below {str(dt).removeprefix('torch.')} range (< {torch.finfo(dt).tiny:.2g})"
 
 
 def _figure(
@@ -85,8 +102,11 @@ def _labels(labels: Sequence[str] | None, n: int) -> list[str]:
     return list(labels)
 
 
-def _history_grid(history: Sequence[tuple[int, ArrayLike]]) -> tuple[np.ndarray, np.ndarray]:
-    """``(steps, log10 norms (steps, rows, T))`` of a heatmap history, checked and thinned."""
+def _history_grid(
+    history: Sequence[tuple[int, ArrayLike]],
+) -> tuple[np.ndarray, Tensor, np.ndarray, np.ndarray]:
+    """``(steps, norms, log10 norms, below range)`` of a heatmap history, checked and
+    thinned; the last three ``(steps, rows, T)``."""
     if not history:
         raise ValueError("history must hold at least one (step, norms) pair, got none")
     latest = {int(s): n for s, n in history}  # a step seen twice (a resumed run): the last
@@ -98,11 +118,13 @@ def _history_grid(history: Sequence[tuple[int, ArrayLike]]) -> tuple[np.ndarray,
     if len(steps) > MAX_HEATMAP_ROWS:
         keep = np.unique(np.linspace(0, len(steps) - 1, MAX_HEATMAP_ROWS).round().astype(int))
         steps, curves = steps[keep], [curves[i] for i in keep]
-    return steps, log10_norms(torch.stack(curves)).numpy()
+    norms = torch.stack(curves)  # (steps, rows, T)
+    return steps, norms, log10_norms(norms).numpy(), below_range(norms).numpy()
 
 
 def heatmap_limits(*histories: Sequence[tuple[int, ArrayLike]]) -> tuple[float, float] | None:
-    """One colour scale for several heatmaps: the finite ``log10 ||dL/dh[t]||`` range of all.
+    """One colour scale for several heatmaps: the range of ``log10 ||dL/dh[t]||`` over the
+    measurable norms of all (finite, not below float range: those are drawn apart).
 
     Pass the result as ``vmin, vmax`` to every :func:`grad_norm_heatmap` drawn side by side,
     so that one colour means one gradient norm in all of them.
@@ -111,7 +133,7 @@ def heatmap_limits(*histories: Sequence[tuple[int, ArrayLike]]) -> tuple[float, 
         histories: the histories of the heatmaps (as :func:`grad_norm_heatmap` takes them).
 
     Returns:
-        ``(vmin, vmax)``, or ``None`` when no value is finite.
+        ``(vmin, vmax)``, or ``None`` when no norm is measurable.
 
     >>> a, b = [(0, torch.full((5,), 10.0))], [(0, torch.full((5,), 1e-3))]
     >>> heatmap_limits(a, b)
@@ -119,7 +141,8 @@ def heatmap_limits(*histories: Sequence[tuple[int, ArrayLike]]) -> tuple[float, 
     """
     if not histories:
         raise ValueError("heatmap_limits needs at least one history, got none")
-    finite = np.concatenate([z[np.isfinite(z)] for z in (_history_grid(h)[1] for h in histories)])
+    grids = [_history_grid(h) for h in histories]
+    finite = np.concatenate([z[np.isfinite(z) & ~below] for _, _, z, below in grids])
     return (float(finite.min()), float(finite.max())) if finite.size else None
 
 
@@ -132,7 +155,10 @@ def grad_norm_heatmap(
     """Heatmap of ``log10 ||dL/dh[t]||``: time step ``t`` across, training step up.
 
     The training-step axis spans exactly the recorded steps (whole numbers only), so a run
-    probed twice draws two bands between its two steps.
+    probed twice draws two bands between its two steps. Norms below float range (zero,
+    flushed or subnormal: :func:`seqnorm.probes.below_range`) are drawn in
+    :data:`BELOW_RANGE_COLOR`, the colour bar's lower extension, which its label names;
+    measurable norms below ``vmin`` take the scale's lowest colour.
 
     Args:
         history: ``(training step, norms)`` pairs, norms ``(T,)`` or ``(rows, T)`` as
@@ -140,7 +166,7 @@ def grad_norm_heatmap(
             are drawn in step order (the last pair wins for a repeated step).
         labels: a name per row (default ``l0, l1, ...``); one panel per row.
         vmin: the ``log10`` norm at the bottom of the colour scale (default: this
-            history's smallest finite value); give heatmaps shown together the same
+            history's smallest measurable value); give heatmaps shown together the same
             ``vmin`` and ``vmax`` (:func:`heatmap_limits`).
         vmax: the ``log10`` norm at the top of the colour scale (default: the largest).
 
@@ -150,27 +176,36 @@ def grad_norm_heatmap(
     >>> [float(y) for y in fig.axes[0].get_ylim()]  # the recorded steps, no margin
     [0.0, 100.0]
     """
-    steps, z = _history_grid(history)  # z: (steps, rows, T)
+    steps, norms, z, below = _history_grid(history)  # z, below: (steps, rows, T)
     rows, T = z.shape[1:]
     names = _labels(labels, rows)
-    own = heatmap_limits(history) or (None, None)
+    own = heatmap_limits(history)
+    if own is None:  # nothing measurable: every cell is below range (or NaN)
+        own = (log10_floor(norms.dtype), log10_floor(norms.dtype) + 1.0)
     vmin = own[0] if vmin is None else float(vmin)
     vmax = own[1] if vmax is None else float(vmax)
-    if vmin is not None and vmax is not None and not vmin < vmax:
+    if not vmin < vmax:
         if vmin > vmax:
             raise ValueError(f"vmin must be below vmax, got vmin={vmin}, vmax={vmax}")
         vmin, vmax = vmin - 0.5, vmax + 0.5  # one value everywhere: centre it on the scale
+    # Below range: under the scale (its own colour); measurable: on it, clipped at the bottom.
+    z = np.where(below, vmin - 1.0, np.maximum(z, vmin))  # NaN stays NaN (not drawn)
+    cmap = colormaps["viridis"].with_extremes(under=BELOW_RANGE_COLOR)
     fig, axes = _figure(rows, 1, 7.0, 1.0 + 2.4 * rows, colorbar=True)
     t_edges, step_edges = _edges(np.arange(T)), _edges(steps)
     for k, ax in enumerate(axes[:, 0]):
-        mesh = ax.pcolormesh(t_edges, step_edges, z[:, k], shading="flat", cmap="viridis",
+        mesh = ax.pcolormesh(t_edges, step_edges, z[:, k], shading="flat", cmap=cmap,
                              vmin=vmin, vmax=vmax, rasterized=True)  # fmt: skip
         ax.set_ylabel("training step")
         ax.set_title(f"{names[k]}: log10 ||dL/dh[t]||", fontsize="medium")
         _integer_ticks(ax.xaxis, ax.yaxis)
         if k == rows - 1:
             ax.set_xlabel("time step t")
-    fig.colorbar(mesh, ax=axes[:, 0].tolist(), label="log10 ||dL/dh[t]||", fraction=0.04)
+    label = "log10 ||dL/dh[t]||"
+    if below.any():
+        label += f"\ngrey (bottom): {_below_range_label(norms)}"
+    fig.colorbar(mesh, ax=axes[:, 0].tolist(), label=label, fraction=0.04,
+                 extend="min" if below.any() else "neither")  # fmt: skip
     return fig
 
 
@@ -181,6 +216,11 @@ def grad_norm_curve(
 ) -> Figure:
     """``log10 ||dL/dh[t]||`` against time step ``t``, one line per row (layer).
 
+    Steps whose norm is below float range (zero, flushed or subnormal:
+    :func:`seqnorm.probes.below_range`) are not joined to the line: they are marked, in
+    the row's colour, at :func:`seqnorm.probes.log10_floor`, with a legend entry that says
+    so.
+
     Args:
         norms: ``(T,)`` or ``(rows, T)``.
         step: training step, shown in the title.
@@ -189,12 +229,19 @@ def grad_norm_curve(
     >>> grad_norm_curve(torch.rand(2, 30), step=5).axes[0].get_title()
     'gradient norm per time step (training step 5)'
     """
-    z = log10_norms(_as_rows(norms, "norms")).numpy()  # (rows, T)
+    rows = _as_rows(norms, "norms")
+    z = log10_norms(rows).numpy()  # (rows, T)
+    below = below_range(rows).numpy()  # (rows, T)
     names = _labels(labels, z.shape[0])
     fig, axes = _figure(1, 1, 6.0, 3.5)
     ax = axes[0, 0]
+    t = np.arange(z.shape[1])
+    note = _below_range_label(rows)
     for k in range(z.shape[0]):
-        ax.plot(np.arange(z.shape[1]), z[k], label=names[k], lw=1.5)
+        (line,) = ax.plot(t, np.where(below[k], np.nan, z[k]), label=names[k], lw=1.5)
+        if below[k].any():  # at the floor, not joined to the measured part
+            ax.plot(t[below[k]], z[k][below[k]], ls="none", marker="v", ms=3,
+                    color=line.get_color(), label=f"{names[k]}: {note}")  # fmt: skip
     ax.set_xlabel("time step t")
     _integer_ticks(ax.xaxis)
     ax.set_ylabel("log10 ||dL/dh[t]||")
@@ -238,7 +285,6 @@ def spectrum_figure(
         raise ValueError(f"gate_names must have {G} names, got {len(gates)}")
     fig, axes = _figure(L, G, 2.8 * G + 1.2, 2.6 * L + 0.4, colorbar=True)
     lo, hi = min(steps), max(steps)
-    from matplotlib import colormaps
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 

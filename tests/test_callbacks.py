@@ -164,7 +164,8 @@ def test_wandb_like_logger_gets_images_and_table(tmp_path: Path) -> None:
         (img,) = images
         assert isinstance(img, np.ndarray) and img.dtype == np.uint8 and img.shape[-1] == 3
     assert [(k, c, s) for k, c, _, s in logger.tables] == [
-        ("probe/gradient_flow/grad_norms", ["step", "layer", "t", "norm"], s) for s in (0, 4, 6)
+        ("probe/gradient_flow/grad_norms", ["step", "layer", "t", "norm", "below_range"], s)
+        for s in (0, 4, 6)
     ]
     T = dm.input_len
     assert [len(d) for _, _, d, _ in logger.tables] == [T, 2 * T, T]  # rows since last table
@@ -173,6 +174,73 @@ def test_wandb_like_logger_gets_images_and_table(tmp_path: Path) -> None:
     # PNGs are written as well, under the logger's save_dir
     assert (tmp_path / "wb" / "gradient_flow" / "heatmap.png").is_file()
     assert (tmp_path / "wb" / "gradient_flow" / "curve.png").is_file()
+
+
+def test_flushed_gradients_are_logged_at_the_floor(tmp_path: Path) -> None:
+    """Adding task, T=400, last-step loss, subnormals flushed to zero: the early steps'
+    gradients are exactly 0. The CSV, the scalars of every logger, the W&B table and the
+    figures show them as below float range -- never 0 in the CSV (log10 -> -inf), never
+    NaN or inf -- and the decay rate is fitted over the other steps."""
+    from matplotlib.colors import to_rgb
+    from matplotlib.image import imread
+
+    from seqnorm import plots
+    from seqnorm.data import AddingDataModule
+    from seqnorm.probes import decay_rate
+
+    dm = AddingDataModule(seq_len=400, batch_size=8, num_train=16, num_val=8, seed=3)
+    model = SeqModel.from_datamodule(dm, cell="rnn", hidden_size=8)
+    flow = GradientFlowMonitor(every_n_steps=2, num_samples=4)
+    wandb = WandbLogger(tmp_path / "wb")
+    trainer = _trainer(tmp_path, [flow], [CSVLogger(tmp_path, name="run"), wandb], max_steps=2)
+    torch.set_flush_denormal(True)
+    try:
+        trainer.fit(model, dm)
+    finally:
+        torch.set_flush_denormal(False)
+    assert [s for s, _ in flow.history] == [0, 2]
+    zeros = [int((n == 0).sum()) for _, n in flow.history]
+    assert all(z > 100 for z in zeros), zeros  # the premise: many steps flushed to zero
+    tiny = torch.finfo(torch.float32).tiny
+    out = Path(trainer.loggers[0].log_dir)
+
+    rows = _read_csv(out / "gradient_flow" / "grad_norms.csv")
+    assert list(rows[0]) == ["run_id", "step", "layer", "t", "norm", "below_range"]
+    assert len(rows) == 2 * 400
+    for r in rows:
+        measured = float(flow.history[int(r["step"]) // 2][1][int(r["layer"]), int(r["t"])])
+        norm = float(r["norm"])
+        assert math.isfinite(math.log10(norm)), r
+        if measured == 0:  # below range: the floor, flagged
+            assert r["below_range"] == "1" and norm == tiny, r
+        else:  # measurable: the value itself
+            assert r["below_range"] == "0" and norm == measured, r
+    (table,) = {tuple(c) for _, c, _, _ in wandb.tables}
+    assert table == ("step", "layer", "t", "norm", "below_range")
+    data = [row for _, _, d, _ in wandb.tables for row in d]
+    assert [[float(v) for v in row[3:]] for row in data] == [
+        [float(r["norm"]), float(r["below_range"])] for r in rows
+    ]
+
+    metrics = _read_csv(out / "metrics.csv")
+    logged = {int(r["step"]): r for r in metrics if r.get("probe/fit_steps")}
+    assert sorted(logged) == [0, 2]
+    for (step, norms), z in zip(flow.history, zeros, strict=True):
+        csv_row = dict(logged[step])
+        (fake,) = [m for s, m in wandb.metrics if s == step and "probe/fit_steps" in m]
+        for got in (fake, {k: float(v) for k, v in csv_row.items() if k.startswith("probe/")
+                           and v != ""}):  # fmt: skip
+            assert all(math.isfinite(v) for v in got.values()), got
+            assert got["probe/below_range_steps"] == z and got["probe/fit_steps"] == 400 - z
+            assert got["probe/decay_rate"] == pytest.approx(float(decay_rate(norms[0])))
+            assert got["probe/decay_rate"] < -1.0  # vanishing, not flat at the floor
+
+    for name in ("heatmap", "curve"):
+        img = imread(out / "gradient_flow" / f"{name}.png")
+        assert img.shape[0] > 100 and np.isfinite(img).all()
+    heatmap = (imread(out / "gradient_flow" / "heatmap.png")[..., :3] * 255).round()
+    grey = np.round(np.array(to_rgb(plots.BELOW_RANGE_COLOR)) * 255)
+    assert (heatmap == grey).all(-1).mean() > 0.1  # the flushed half of the map
 
 
 def test_probes_do_not_change_training(tmp_path: Path) -> None:

@@ -160,6 +160,23 @@ def test_report_tables_and_check():
     assert not checks["one commit, clean"] and not checks["no absolute paths"]
 
 
+def test_report_gradflow_keeps_steps_below_float_range_below_it():
+    """probes.npz holds log10_norms curves; a step at the floor in every seed must come back
+    as below float range (drawn as such), not 10**floor, a hair above it."""
+    import numpy as np
+    import torch
+
+    from seqnorm.probes import below_range, log10_norms
+
+    seeds = [log10_norms(torch.tensor(c)).numpy() for c in
+             ([0.0, 0.0, 1e-3, 1e-1], [0.0, 1e-5, 1e-3, 1e-1])]  # fmt: skip
+    norms = report.seed_mean_norms(seeds)
+    assert norms.dtype == np.float32 and np.isfinite(norms).all()
+    assert below_range(torch.from_numpy(norms)).tolist() == [True, False, False, False]
+    assert np.allclose(np.log10(norms[2:]), [-3, -1])
+    assert np.log10(norms[1]) == pytest.approx((-37.93 - 5) / 2, abs=0.01)  # floor counts
+
+
 def test_report_elapsed_sums_invocations(tmp_path):
     log = tmp_path / "reproduce.log"
     log.write_text(

@@ -222,9 +222,14 @@ def test_zero_and_underflowing_norms_give_finite_summary(dtype: torch.dtype) -> 
     ])  # fmt: skip
     assert torch.isfinite(log10_norms(curves)).all()
     s = summarize(curves)
-    assert all(math.isfinite(v) for v in s.values()), s
-    assert s["decay_rate/l0"] == 0.0 and s["grad_ratio/l0"] == 1.0
+    assert all(v is None or math.isfinite(v) for v in s.values()), s
+    # nothing measurable: no rate and no ratio (not a flat 0 and a perfect 1)
+    for k in (0, 2):
+        assert s[f"decay_rate/l{k}"] is None and s[f"grad_ratio/l{k}"] is None
+        assert s[f"fit_steps/l{k}"] == 0 and s[f"below_range_steps/l{k}"] == 50
     assert s["grad_ratio/l3"] == pytest.approx(tiny, rel=1e-4)  # floored zero over one
+    assert s["decay_rate/l3"] == 0.0 and s["fit_steps/l3"] == 25  # flat over the measured
+    assert s["decay_rate/l4"] == 0.0 and s["below_range_steps/l4"] == 0
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -236,7 +241,7 @@ def test_decay_rate_ignores_the_underflowed_part(dtype: torch.dtype) -> None:
     curve = (10 ** (-0.5 * (783 - t))).to(dtype)
     assert (curve == 0).float().mean() > (0.5 if dtype == torch.float32 else 0.0)
     assert float(decay_rate(curve)) == pytest.approx(-50.0, rel=1e-6)
-    assert float(decay_rate(torch.zeros(10, dtype=dtype))) == 0.0  # nothing measurable
+    assert decay_rate(torch.zeros(10, dtype=dtype)).isnan()  # nothing measurable: no rate
 
 
 def test_float32_norms_do_not_flush_tiny_gradients_to_zero() -> None:
@@ -256,12 +261,91 @@ def test_float32_norms_do_not_flush_tiny_gradients_to_zero() -> None:
     torch.testing.assert_close(tiny / scale, ref, rtol=1e-4, atol=0)
 
 
+def _theil_sen_rate(norms: torch.Tensor) -> float:
+    """Oracle: median slope of log10 ||dL/dh[t]|| over all pairs of nonzero, normal steps,
+    per 100 steps going backward in time (no subsampling: keep the curve <= 128 such steps)."""
+    keep = (norms > torch.finfo(norms.dtype).tiny).nonzero().flatten().tolist()
+    y = norms.double().log10().tolist()
+    slopes = [(y[j] - y[i]) / (j - i) for a, i in enumerate(keep) for j in keep[a + 1 :]]
+    return -100.0 * float(torch.tensor(slopes, dtype=D).quantile(0.5))
+
+
+def test_flushed_gradients_of_a_long_run() -> None:
+    """A last-step loss over T=400 steps with subnormals flushed to zero: the early steps'
+    ||dL/dh[t]|| are exactly 0. Nothing reads -inf or NaN, those steps sit at the floor, and
+    the decay rate is the fit over the nonzero steps only."""
+    from seqnorm import probes
+
+    rnn = SpectralRNN(2, 16, constraint="none")
+    with torch.no_grad():
+        rnn.weight_hh_l0.mul_(0.5)  # vanishes fast: fewer than 128 measurable steps
+    x, y = torch.randn(400, 4, 2), torch.randn(4, 16)
+
+    def last_step_loss(out: tuple[torch.Tensor, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+        return ((out[0][-1] - y) ** 2).mean()
+
+    flushing = torch.set_flush_denormal(True)
+    try:
+        norms = hidden_grad_norms(rnn, (x, y), last_step_loss)[0]  # (T,)
+    finally:
+        torch.set_flush_denormal(False)
+    zero = norms == 0
+    assert norms.dtype == torch.float32 and zero[:100].all() and not zero[-20:].any()
+    if flushing:  # flushed, not merely underflowed: no subnormal survives
+        assert not ((norms > 0) & (norms < torch.finfo(torch.float32).tiny)).any()
+    floor = probes.log10_floor(torch.float32)
+    assert floor == pytest.approx(math.log10(torch.finfo(torch.float32).tiny))  # -37.93
+    y10 = log10_norms(norms)
+    assert torch.isfinite(y10).all() and (y10[zero] == floor).all()
+    assert torch.equal(probes.below_range(norms), zero)
+    measurable = int((~zero).sum())
+    assert 2 <= measurable <= 128
+    assert float(decay_rate(norms)) == pytest.approx(_theil_sen_rate(norms), rel=1e-6)
+    s = summarize(norms)
+    assert s["fit_steps"] == measurable and s["below_range_steps"] == 400 - measurable
+    assert s["decay_rate"] == pytest.approx(_theil_sen_rate(norms), rel=1e-6)
+    assert all(math.isfinite(v) for v in s.values()), s
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_decay_rate_needs_two_measurable_steps(dtype: torch.dtype) -> None:
+    """Fewer than two steps above the floor: no rate (NaN in the tensor, None in the
+    summary), never a slope drawn through the floor."""
+    one = torch.zeros(50, dtype=dtype)
+    one[-1] = 1e-3
+    sub = torch.full((50,), torch.finfo(dtype).tiny / 8, dtype=dtype)  # subnormal
+    curves = torch.stack([torch.zeros(50, dtype=dtype), one, sub])
+    assert decay_rate(curves).isnan().all()
+    s = summarize(curves)
+    assert [s[f"decay_rate/l{k}"] for k in range(3)] == [None, None, None]
+    assert [s[f"fit_steps/l{k}"] for k in range(3)] == [0, 1, 0]
+    assert [s[f"below_range_steps/l{k}"] for k in range(3)] == [50, 49, 50]
+    two = one.clone()
+    two[0] = 1e-5  # two measurable steps 49 apart: the rate is their slope
+    assert summarize(two)["decay_rate"] == pytest.approx(-200 / 49, rel=1e-5)
+
+
+def test_below_range_and_floor() -> None:
+    from seqnorm import probes
+
+    tiny = torch.finfo(torch.float32).tiny
+    n = torch.tensor([0.0, tiny / 8, tiny, 2 * tiny, 1.0, float("inf"), float("nan")])
+    assert probes.below_range(n).tolist() == [True, True, True, False, False, False, False]
+    assert probes.log10_floor(torch.float64) == pytest.approx(-307.6526555685888)
+    # half-precision norms are measured in float32: float32's floor
+    assert probes.log10_floor(torch.float16) == probes.log10_floor(torch.float32)
+    assert float(log10_norms(torch.zeros(1, dtype=torch.float16))) == probes.log10_floor(
+        torch.float16
+    )
+
+
 def test_summarize_headline_is_last_row() -> None:
     n = torch.stack([10 ** (0.02 * torch.arange(30.0)), torch.ones(30)])
     s = summarize(n)
     assert s["decay_rate"] == s["decay_rate/l1"] == 0.0
     assert s["decay_rate/l0"] == pytest.approx(-2.0, rel=1e-5)
-    assert set(summarize(torch.ones(30))) == {"decay_rate", "grad_ratio"}
+    keys = {"decay_rate", "grad_ratio", "fit_steps", "below_range_steps"}
+    assert set(summarize(torch.ones(30))) == keys
 
 
 @pytest.mark.parametrize("bad", [torch.ones(1), torch.ones(2, 3, 4), torch.ones(3, 1)])

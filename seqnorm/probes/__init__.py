@@ -5,7 +5,9 @@ reading ``x[t]``; column ``t`` of :func:`hidden_grad_norms` belongs to ``h[t]``.
 
 * :func:`hidden_grad_norms` -- ``||dL/dh[t]||`` for every ``t`` and every recurrent layer,
   from one backward pass over the states recorded by the unrolled path of the layers.
-* :func:`decay_rate`, :func:`grad_ratio`, :func:`summarize` -- one number per curve.
+* :func:`decay_rate`, :func:`grad_ratio`, :func:`summarize` -- one number per curve, over
+  the steps whose norm is within float range (:func:`below_range`, :func:`log10_floor`:
+  zero, flushed or subnormal norms carry no slope).
 * :func:`jacobian_norms` -- ``||dh[T-1]/dh[t]||_2`` by power iteration (any cell) or in
   closed form (Elman RNN).
 * :func:`block_sigma_max` -- the exact, differentiable sigma_max of every gate block.
@@ -23,7 +25,15 @@ global RNG, and the train/eval mode is left as the caller set it (the caller dec
 mode gives a deterministic probe; in training mode the model's own dropout still draws).
 """
 
-from .curves import MAX_FIT_POINTS, decay_rate, grad_ratio, log10_norms, summarize
+from .curves import (
+    MAX_FIT_POINTS,
+    below_range,
+    decay_rate,
+    grad_ratio,
+    log10_floor,
+    log10_norms,
+    summarize,
+)
 from .gradients import hidden_grad_norms
 from .jacobian import jacobian_norms
 from .layer_lipschitz import GELU_LIPSCHITZ, layer_lipschitz
@@ -35,6 +45,7 @@ __all__ = [
     "GELU_LIPSCHITZ",
     "MAX_FIT_POINTS",
     "StateRecording",
+    "below_range",
     "block_sigma_max",
     "decay_rate",
     "find_layers",
@@ -45,6 +56,7 @@ __all__ = [
     "lipschitz_bound",
     "lipschitz_factors",
     "local_lipschitz",
+    "log10_floor",
     "log10_norms",
     "record_hidden_states",
     "summarize",
