@@ -1,10 +1,11 @@
-"""The README's speed table, from the files ``make bench`` writes (no timing here).
+"""The README's speed tables, from the files ``make bench`` writes (no timing here).
 
-Reads the ``## Verdicts`` tables of ``experiments/results/speed.md`` (T=784, B=128, H=128),
-``speed_tuned.md`` (the same with glibc told to keep freed memory), ``speed_h512.md`` and
-``speed_h512_tuned.md`` (T=100, B=64, H=512), and writes one table of the native
-``spectral`` rows (ratios to torch's own layer, issue 20's targets in brackets) with the
-machine, allocator and date of the runs, between the README's speed markers.
+The headline: the loss the benchmarks train on, the last step's output (``--loss last``),
+from ``experiments/results/speed_last.md`` (T=784, B=128, H=128) and ``speed_last_h512.md``
+(T=100, B=64, H=512): torch as users run it, torch with subnormals flushed, seqnorm's native
+``spectral`` layer and the GEMM floor, as times and ratios, the targets in brackets. Below it,
+the loss over every step (``speed.md``, ``speed_h512.md``). Written between the README's speed
+markers with the machine, commit and date of the runs.
 
     .venv/bin/python experiments/speed_table.py           # README.md
     .venv/bin/python experiments/speed_table.py --print   # prints only
@@ -16,74 +17,130 @@ import argparse
 import re
 from pathlib import Path
 
+from bench_speed import TARGETS_LAST, TARGETS_MEAN
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
 START, END = "<!-- speed:start -->", "<!-- speed:end -->"
-FILES = {"h128": "speed.md", "h128_tuned": "speed_tuned.md", "h512": "speed_h512.md",
-         "h512_tuned": "speed_h512_tuned.md"}  # fmt: skip
-#: Issue 20's targets: (train, train with the allocator tuned, forward only).
-TARGETS = {"gru": (0.5, 0.7, 0.6), "rnn": (0.7, 0.8, 0.7), "modrelu": (0.6, 0.7, 0.8),
-           "lstm": (0.6, 0.95, 1.0)}  # fmt: skip
-NAMES = {"gru": "SpectralGRU", "rnn": "SpectralRNN tanh", "modrelu": "SpectralRNN modReLU",
-         "lstm": "SpectralLSTM"}  # fmt: skip
+LAST = {"h128": "speed_last.md", "h512": "speed_last_h512.md"}
+MEAN = {"h128": "speed.md", "h512": "speed_h512.md"}
+SHAPES = {"h128": (784, 128, 128), "h512": (100, 64, 512)}
+NAMES = {"gru": "SpectralGRU", "lstm": "SpectralLSTM", "rnn": "SpectralRNN tanh",
+         "modrelu": "SpectralRNN modReLU"}  # fmt: skip
 
 
-def verdicts(path: Path) -> tuple[dict[tuple[str, str], dict[str, str]], list[str]]:
-    """The Verdicts rows of one bench file, keyed by (layer, variant), and its header bullets."""
-    text = path.read_text()
-    header = [ln[2:] for ln in text.split("## Verdicts")[0].splitlines() if ln.startswith("- ")]
-    lines = [ln for ln in text.split("## Verdicts")[1].split("## ")[0].splitlines()
+def _rows(text: str, section: str) -> list[dict[str, str]]:
+    lines = [ln for ln in text.split(f"## {section}")[1].split("## ")[0].splitlines()
              if ln.startswith("|")]  # fmt: skip
     cols = [c.strip() for c in lines[0].strip("|").split("|")]
-    rows = {}
-    for ln in lines[2:]:
-        row = dict(zip(cols, (c.strip() for c in ln.strip("|").split("|")), strict=True))
-        rows[row["layer"], row["variant"]] = row
+    return [dict(zip(cols, (c.strip() for c in ln.strip("|").split("|")), strict=True))
+            for ln in lines[2:]]  # fmt: skip
+
+
+def parse(path: Path) -> tuple[dict[tuple[str, str], dict[str, str]], list[str]]:
+    """The Verdicts rows of one bench file, keyed by (layer, variant), each with its training
+    step's median time ``ms`` from the Measurements; and the file's header bullets."""
+    text = path.read_text()
+    header = [ln[2:] for ln in text.split("## Verdicts")[0].splitlines() if ln.startswith("- ")]
+    rows = {(r["layer"], r["variant"]): r for r in _rows(text, "Verdicts")}
+    if "## Measurements" in text:
+        for m in _rows(text, "Measurements"):
+            if m.get("pass", "train") == "train" and (m["layer"], m["variant"]) in rows:
+                rows[m["layer"], m["variant"]]["ms"] = m["ms"]
     return rows, header
 
 
-def _ratio(rows: dict, layer: str, column: str, target: float | None = None) -> str:
-    row = rows.get((layer, "spectral"))
-    if row is None or row.get(column, "nan") == "nan":
+def _num(rows: dict, layer: str, variant: str, column: str) -> float | None:
+    value = rows.get((layer, variant), {}).get(column, "nan")
+    return None if value in ("nan", "") else float(value)
+
+
+def _cell(value: float | None, target: float | None = None) -> str:
+    if value is None:
         return "not run"
-    value = float(row[column])
-    if target is None:
+    if target is None or target != target:  # no target (NaN)
         return f"{value:.2f}"
     return f"{value:.2f} ({'≤' if value <= target else 'above'} {target})"
 
 
-def table(results: Path = RESULTS) -> str:
-    """The README block: provenance lines and the table."""
-    got = {k: verdicts(results / f) for k, f in FILES.items() if (results / f).exists()}
+def _provenance(header: list[str]) -> str:
+    when = re.search(r"git (\S+); (\d{4}-\d\d-\d\d) [\d:]+ UTC", header[0]) if header else None
+    cpu = re.search(r"CPU: (.+?); allocator: ([^;]+);", header[1]) if len(header) > 1 else None
+    return (
+        f"{re.sub(' +', ' ', cpu.group(1)) if cpu else 'this CPU'}; allocator: "
+        f"{cpu.group(2) if cpu else '?'}; git {when.group(1) if when else '?'}, "
+        f"{when.group(2) if when else '?'}"
+    )
+
+
+def last_table(results: Path = RESULTS) -> list[str]:
+    """The headline: the last-step loss, both shapes."""
+    got = {k: parse(results / f) for k, f in LAST.items() if (results / f).exists()}
     if "h128" not in got:
-        raise FileNotFoundError(f"no {results / FILES['h128']}: run `make bench` first")
-    header = got["h128"][1]
-    when = re.search(r"git (\S+); (\d{4}-\d\d-\d\d) [\d:]+ UTC", header[0])
-    cpu = re.search(r"CPU: ([^;]+);", header[1])
-    empty = ({}, [])
-    h128, tuned, h512, h512t = (got.get(k, empty)[0] for k in FILES)
+        raise FileNotFoundError(f"no {results / LAST['h128']}: run `make bench` first")
     lines = [
-        f"Measured by `make bench` on {re.sub(' +', ' ', cpu.group(1)) if cpu else 'this CPU'}"
-        f" (one thread, torch's oneDNN/MKL CPU build; git {when.group(1) if when else '?'}, "
-        f'{when.group(2) if when else "?"}): time of seqnorm\'s native `constraint="spectral"` '
-        "layer (exact sigma at every call included) over torch's own layer's (modReLU: over "
-        "torch's tanh RNN), issue 20's targets in brackets; *tuned*: both sides run with "
-        "`MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=-1`; memory: peak RSS rise of a training "
-        "step over torch's; x floor: training time over the same GEMMs alone.",
+        f"Measured by `make bench` ({_provenance(got['h128'][1])}; one thread, torch's "
+        "oneDNN/MKL CPU build). One training step with the loss the benchmarks use, the last "
+        "step's output: torch's own layer as users run it, the same under "
+        '`torch.set_flush_denormal(True)`, seqnorm\'s native `constraint="spectral"` layer '
+        "(exact sigma at every call included; the kernels flush subnormals themselves) and "
+        "the GEMM floor (the recurrence's GEMMs alone). Ratios are times over torch's "
+        "(modReLU: over torch's tanh RNN), targets in brackets.",
         "",
-        "| layer | T=784, B=128, H=128: train | train, tuned | forward | memory | x floor "
-        "| T=100, B=64, H=512: train | train, tuned | forward |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| layer | shape | torch (s) | torch flushed / torch | seqnorm / torch "
+        "| seqnorm / torch flushed | GEMM floor / torch |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for layer, (tt, tu, tf) in TARGETS.items():
+    for key, (rows, _) in got.items():
+        shape = SHAPES[key]
+        targets = TARGETS_LAST.get(shape, {})
+        for layer, name in NAMES.items():
+            t_torch, t_flushed = targets.get(layer, (None, None))
+            ms = _num(rows, layer, "torch", "ms")
+            lines.append(
+                f"| {name} | T={shape[0]}, B={shape[1]}, H={shape[2]} "
+                f"| {_cell(ms / 1e3 if ms else None)} "
+                f"| {_cell(_num(rows, layer, 'torch, flushed', 'ratio'))} "
+                f"| {_cell(_num(rows, layer, 'spectral', 'ratio'), t_torch)} "
+                f"| {_cell(_num(rows, layer, 'spectral', 'vs_flushed'), t_flushed)} "
+                f"| {_cell(_num(rows, layer, 'GEMM floor', 'ratio'))} |"
+            )
+    return lines
+
+
+def mean_table(results: Path = RESULTS) -> list[str]:
+    """The loss over every step (no subnormals): training and forward ratios, memory."""
+    got = {k: parse(results / f) for k, f in MEAN.items() if (results / f).exists()}
+    if not got:
+        return []
+    lines = [
+        "",
+        f"With a loss over every step (`mean(out**2)`, no gradient decays into subnormals; "
+        f"{_provenance(next(iter(got.values()))[1])}): seqnorm's native `spectral` layer over "
+        "torch's layer, training step and forward only; memory: peak RSS rise of a training "
+        "step over torch's; x floor: training time over the GEMMs alone.",
+        "",
+        "| layer | T=784, B=128, H=128: train | forward | memory | x floor "
+        "| T=100, B=64, H=512: train | forward |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    h128, h512 = got.get("h128", ({}, []))[0], got.get("h512", ({}, []))[0]
+    for layer, name in NAMES.items():
+        tt, tf = TARGETS_MEAN.get(layer, (None, None))
         lines.append(
-            f"| {NAMES[layer]} | {_ratio(h128, layer, 'ratio', tt)} "
-            f"| {_ratio(tuned, layer, 'ratio', tu)} | {_ratio(h128, layer, 'fwd_ratio', tf)} "
-            f"| {_ratio(h128, layer, 'worst_mem_ratio')} | {_ratio(h128, layer, 'x_floor')} "
-            f"| {_ratio(h512, layer, 'ratio', tt)} | {_ratio(h512t, layer, 'ratio', tu)} "
-            f"| {_ratio(h512, layer, 'fwd_ratio', tf)} |"
+            f"| {name} | {_cell(_num(h128, layer, 'spectral', 'ratio'), tt)} "
+            f"| {_cell(_num(h128, layer, 'spectral', 'fwd_ratio'), tf)} "
+            f"| {_cell(_num(h128, layer, 'spectral', 'worst_mem_ratio'))} "
+            f"| {_cell(_num(h128, layer, 'spectral', 'x_floor'))} "
+            f"| {_cell(_num(h512, layer, 'spectral', 'ratio'), tt)} "
+            f"| {_cell(_num(h512, layer, 'spectral', 'fwd_ratio'), tf)} |"
         )
-    return "\n".join(lines)
+    return lines
+
+
+def table(results: Path = RESULTS) -> str:
+    """The README block."""
+    return "\n".join(last_table(results) + mean_table(results))
 
 
 def write_readme(block: str, readme: Path = ROOT / "README.md") -> bool:

@@ -204,6 +204,22 @@ def test_bench_speed_tables():
     assert v["pass"].tolist() == [True, False, False]  # spectral: 1.1 > 1.05; band: all three
 
 
+def test_bench_speed_last_loss_verdicts_against_torch_and_torch_flushed():
+    rows = []
+    for layer, ours in (("gru", 100.0), ("lstm", 600.0)):  # torch 1000 ms, flushed 250 ms
+        for variant, ms in (("torch", 1000.0), ("torch, flushed", 250.0), ("spectral", ours)):
+            rows.append(dict(layer=layer, variant=variant, T=784, B=128, H=128, ms=ms,
+                             peak_mib=1.0))  # fmt: skip
+    df, verdict = bench_speed.tables(pd.DataFrame(rows), loss="last")
+    v = verdict.set_index(["layer", "variant"])
+    assert v.vs_flushed["gru", "spectral"] == pytest.approx(0.4)
+    assert v.ratio["lstm", "spectral"] == pytest.approx(0.6)
+    # gru: 0.1 <= 0.15 and 0.4 <= 0.45; lstm: 0.6 > 0.1
+    assert v.meets_targets["gru", "spectral"] == "yes"
+    assert v.meets_targets["lstm", "spectral"] == "no"
+    assert v.meets_targets["gru", "torch"] == ""
+
+
 @pytest.mark.slow
 def test_tiny_grid_resumes_and_reports(tmp_path, capsys, monkeypatch):
     budget = tmp_path / "tiny.yaml"

@@ -294,7 +294,7 @@ inline at::Tensor contiguous_pooled(const at::Tensor& t) {
 // projections then never travel through main memory (at T=784, B=128, H=128, I=1 that is
 // 205 MB for an LSTM, written and read back once forward and twice backward; measured, the
 // up-front GEMM alone took 15 ms of an LSTM forward's 100). Without w_ih, x is gi (N, G*H).
-constexpr int64_t kStepInput = 64;
+constexpr int64_t kStepInput = 16;
 
 inline void check_projection(const at::Tensor& x, const c10::optional<at::Tensor>& w_ih,
                              const c10::optional<at::Tensor>& b_ih) {
