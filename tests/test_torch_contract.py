@@ -276,6 +276,17 @@ def test_factory_kwargs_reach_parameters_and_buffers():
     assert {p.device.type for p in cell.parameters()} == {"meta"}
 
 
+@pytest.mark.parametrize("kind", [k for k in CONSTRAINTS if k != "none"])
+def test_dtype_reaches_the_constraints_own_parameters(kind):
+    """``scaled``'s ``gamma_raw`` (and any tensor a constraint makes) in the layer's dtype."""
+    layers = [SpectralGRU(2, 3, constraint=kind, dtype=torch.float64)]
+    if kind in ("spectral", "scaled", "bound"):  # the constraints an LSTM with projections takes
+        layers.append(SpectralLSTM(2, 3, proj_size=1, constraint=kind, dtype=torch.float64))
+    for layer in layers:
+        assert {p.dtype for p in layer.parameters()} == {torch.float64}
+        assert {b.dtype for b in layer.buffers() if b.is_floating_point()} == {torch.float64}
+
+
 @pytest.mark.parametrize(("ours", "theirs"), LAYERS, ids=IDS)
 def test_fused_dropout_is_torch_dropout(ours, theirs):
     a = ours(3, 8, num_layers=3, dropout=0.4, bidirectional=True, constraint="none").train()

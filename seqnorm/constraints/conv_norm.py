@@ -51,6 +51,7 @@ from torch import Tensor
 
 from ..linalg import compute_dtype, top_singular_vectors
 from .conv_geometry import ConvGeometry, check_weight, fold, spatial_shape, stride_one_kernel
+from .top_sigma import top_sigma
 
 __all__ = [
     "conv_operator_norm",
@@ -267,8 +268,9 @@ def reshaped_kernel_norm(weight: Tensor) -> Tensor:
 
     This is what ``torch.nn.utils.spectral_norm`` divides a convolution's kernel by. It is
     **not** the convolution's operator norm (for a 3x3 kernel on a large input the operator
-    norm can be up to 3 times larger; with stride it can be smaller). Differentiable:
-    ``u^T W v`` with the exact top singular pair.
+    norm can be up to 3 times larger; with stride it can be smaller). Differentiable twice:
+    ``u^T W v`` with the exact top singular pair
+    (:func:`~seqnorm.constraints.top_sigma.top_sigma`).
     """
     W = weight.reshape(1, weight.shape[0], -1)  # (1, c_out, rest)
     dt = compute_dtype(W.dtype)
@@ -276,4 +278,4 @@ def reshaped_kernel_norm(weight: Tensor) -> Tensor:
     u0 = torch.randn(1, W.shape[1], generator=gen).to(device=W.device, dtype=dt)
     v0 = torch.randn(1, W.shape[2], generator=gen).to(device=W.device, dtype=dt)
     u, v = top_singular_vectors(W.detach(), u0, v0)
-    return torch.einsum("bi,bij,bj->", u, W.to(dt), v).to(weight.dtype)
+    return top_sigma(W.to(dt), u, v)[0].to(weight.dtype)  # exact to the second derivative

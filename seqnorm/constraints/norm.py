@@ -7,14 +7,18 @@ Two estimators, chosen with the ``estimator`` option of those constraints:
   inverse iteration warm-started at the stored vectors, or ``eigh``), then
   ``sigma = u^T W v``. The value is the block's largest singular value to float precision
   (1e-6 relative, certified), at every forward, in training and in eval, however fast the
-  weight moves; its gradient is ``u v^T``, the true gradient of ``sigma_max``. Costs one
-  Gram matrix and two Cholesky factorizations per block per call (not per time step);
+  weight moves; its gradient is ``u v^T``, the true gradient of ``sigma_max``, and its second
+  derivative (double backward) is sigma_max's too
+  (:func:`~seqnorm.constraints.top_sigma.top_sigma`). Costs one Gram matrix and two Cholesky
+  factorizations per block per call (not per time step);
   ``experiments/constraint_cost.py`` measures it beside the layer.
 * ``"power"``: ``torch.nn.utils.spectral_norm``'s scheme. Persistent vectors, advanced by
   ``n_power_iterations`` steps per training forward. Cheaper at very large ``H``, but
   ``u^T W v`` is a *lower* bound on sigma: while the weight moves fast the estimate lags and
   ``W / sigma`` overshoots its cap. In eval the vectors are advanced once whenever the weight
   has changed since they last were, so eval never reads an estimate older than the weight.
+  The vectors are constants to autograd (as in ``torch.nn.utils.spectral_norm``): both
+  derivatives are those of ``W / (u^T W v)`` with the call's ``u, v`` fixed.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from torch import Tensor, nn
 
 from ..linalg import as_blocks, check_int, compute_dtype, power_iteration, top_singular_vectors
 from .cap import Cap
+from .top_sigma import top_sigma
 
 __all__ = ["ESTIMATORS", "SigmaNorm"]
 
@@ -123,7 +128,10 @@ class SigmaNorm(Cap):
         # Computed in float32 or higher even under autocast (bf16/fp16 would bias sigma).
         dt = compute_dtype(Wb.dtype)
         with torch.autocast(Wb.device.type, enabled=False):
-            sigma = torch.einsum("bi,bij,bj->b", u.to(dt), Wb.to(dt), v.to(dt))  # (k,)
+            if self.estimator == "exact":  # exact first and second derivatives of sigma_max
+                sigma = top_sigma(Wb.to(dt), u.to(dt), v.to(dt))  # (k,)
+            else:  # the vectors are constants (as torch.nn.utils.spectral_norm's)
+                sigma = torch.einsum("bi,bij,bj->b", u.to(dt), Wb.to(dt), v.to(dt))  # (k,)
         return sigma.to(Wb.dtype).clamp_min(self.eps)
 
     def sigma_shape(self) -> tuple[int, ...]:

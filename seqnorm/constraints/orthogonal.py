@@ -41,6 +41,11 @@ class _ExpSkew(torch.autograd.Function):
     (divided differences of ``exp`` at ``i l``, stable when eigenvalues coincide). It costs
     a few complex matrix products instead of ``torch.matrix_exp``'s backward, the exponential
     of a ``2n x 2n`` block matrix.
+
+    That backward is not itself differentiable (``lam`` and ``V`` are constants to it), so when
+    a graph of the gradient is asked for (``create_graph=True``: a double backward) the
+    gradient is computed as ``torch.matrix_exp``'s is (:func:`_expm_adjoint`), in
+    differentiable ops.
     """
 
     @staticmethod
@@ -51,19 +56,36 @@ class _ExpSkew(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001, D102
+        (S,) = inputs
         _, lam, V = output
-        ctx.save_for_backward(lam, V)
+        ctx.save_for_backward(S, lam, V)
         ctx.mark_non_differentiable(lam, V)
 
     @staticmethod
     def backward(ctx, G: Tensor, _lam: Tensor, _V: Tensor) -> Tensor:  # noqa: ANN001, D102
-        lam, V = ctx.saved_tensors
+        S, lam, V = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: a gradient that is differentiable
+            return _expm_adjoint(S, G)
         d = lam[..., :, None] - lam[..., None, :]  # (k, n, n)
         m = lam[..., :, None] + lam[..., None, :]
         # Divided differences of exp at x = i*lam for X = -S = S^T, exp(X)'s adjoint direction.
         phi = torch.polar(torch.sinc(d / (2 * torch.pi)), m / 2)  # (k, n, n) complex
         Gc = G.to(V.dtype)
         return (V @ ((V.mH @ Gc @ V) * phi) @ V.mH).real.to(G.dtype)
+
+
+def _expm_adjoint(S: Tensor, G: Tensor) -> Tensor:
+    """The gradient ``L(S^T, G)`` of ``<G, exp(S)>`` with respect to ``S`` ``(k, n, n)``, in
+    differentiable ops (so to any order).
+
+    ``L(A, E)``, the Frechet derivative of ``exp`` at ``A`` in direction ``E``, is the upper
+    right block of ``exp([[A, E], [0, A]])`` (Higham, *Functions of Matrices*, 3.2); its
+    adjoint is ``L(A^T, .)``. This is what ``torch.matrix_exp``'s own backward computes.
+    """
+    n = S.shape[-1]
+    St = S.mT  # (k, n, n)
+    M = torch.cat([torch.cat([St, G], -1), torch.cat([torch.zeros_like(S), St], -1)], -2)
+    return torch.matrix_exp(M)[..., :n, n:]  # (k, n, n) of the (k, 2n, 2n) exponential
 
 
 def _complex(dtype: torch.dtype) -> torch.dtype:
@@ -74,7 +96,8 @@ def expm_skew(S: Tensor) -> Tensor:
     """``torch.matrix_exp(S)`` for real skew-symmetric blocks ``S`` ``(..., n, n)``, faster.
 
     Computed in the dtype of ``S`` from an eigendecomposition (see ``_ExpSkew``); its
-    gradient is the exact gradient of the matrix exponential.
+    gradient is the exact gradient of the matrix exponential, and so are its higher ones
+    (a double backward differentiates ``torch.matrix_exp``'s own gradient formula).
 
     >>> S = skew(torch.randn(2, 5, 5, dtype=torch.float64))
     >>> torch.allclose(expm_skew(S), torch.matrix_exp(S), atol=1e-12)

@@ -172,10 +172,12 @@ def constrain(
     if not chosen or not all(isinstance(g, int) and 0 <= g < blocks for g in chosen):
         raise ValueError(f"gates must be block indices in range({blocks}), got {gates!r}")
     # Registration runs the constraint's right_inverse on W (caps converge their estimator).
+    # In W's dtype: a constraint's own parameters (scaled's gamma_raw) follow the weight's.
+    like = {"device": W.device, "dtype": W.dtype}
     if len(chosen) == blocks:
-        param: nn.Module = cls(W.shape, blocks, **options).to(device=W.device)
+        param: nn.Module = cls(W.shape, blocks, **options).to(**like)
     else:
-        inner = cls((len(chosen) * cols, cols), len(chosen), **options).to(device=W.device)
+        inner = cls((len(chosen) * cols, cols), len(chosen), **options).to(**like)
         param = GateSubset(inner, blocks, chosen)
     parametrize.register_parametrization(module, name, param)
     return module

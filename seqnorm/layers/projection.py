@@ -128,7 +128,7 @@ def constrain_projected(
     chosen = tuple(range(blocks)) if gates is None else tuple(sorted(set(gates)))
     W = getattr(module, name)
     H = W.shape[0] // blocks
-    inner = cls((len(chosen) * H, H), len(chosen), **options).to(device=W.device)
+    inner = cls((len(chosen) * H, H), len(chosen), **options).to(device=W.device, dtype=W.dtype)
     param = ProjectedNorm(inner, blocks, chosen, hr_name)
     param.bind(module)
     inner.converge(param.product(W.detach())[list(chosen)].reshape(-1, H))
