@@ -219,7 +219,7 @@ def cpu_model() -> str:
     out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     info = dict(ln.split(":", 1) for ln in out.splitlines() if ":" in ln)
     model = info.get("Model name", platform.processor()).strip()
-    return f"{model}, {info.get('CPU(s)', os.cpu_count())} CPUs".replace("  ", " ")
+    return " ".join(f"{model}, {info.get('CPU(s)', os.cpu_count())} CPUs".split())
 
 
 def cpu_features() -> str:
