@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     text = "\n".join([
         "# Subnormal floats: what they cost, what flushing saves", "",
         f"- CPU: {cpu_model()} ({cpu_features()}); torch {torch.__version__}; git {commit}; "
-        f"{now:%Y-%m-%d %H:%M} UTC",
+        f"{now:%Y-%m-%d %H:%M} UTC; 1-min load {os.getloadavg()[0]:.1f} at the end",
         f"- T={args.seq_len}, B={args.batch}, H={args.hidden}, input size 1, float32; medians "
         f"of `blocked_autorange(min_run_time={args.min_run_time})` in {args.rounds} "
         "interleaved rounds", "- Regenerate: `.venv/bin/python experiments/bench_denormal.py`",

@@ -66,10 +66,12 @@ def _cell(value: float | None, target: float | None = None) -> str:
 def _provenance(header: list[str]) -> str:
     when = re.search(r"git (\S+); (\d{4}-\d\d-\d\d) [\d:]+ UTC", header[0]) if header else None
     cpu = re.search(r"CPU: (.+?); allocator: ([^;]+);", header[1]) if len(header) > 1 else None
+    load = re.search(r"1-min load (\S+)", header[0]) if header else None
     return (
         f"{re.sub(' +', ' ', cpu.group(1)) if cpu else 'this CPU'}; allocator: "
         f"{cpu.group(2) if cpu else '?'}; git {when.group(1) if when else '?'}, "
-        f"{when.group(2) if when else '?'}"
+        f"{when.group(2) if when else '?'}; 1-min load {load.group(1) if load else '?'} at the "
+        "start (above the thread count, other work shared the cores: same-run ratios, noisier)"
     )
 
 
