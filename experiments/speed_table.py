@@ -3,9 +3,9 @@
 The headline: the loss the benchmarks train on, the last step's output (``--loss last``),
 from ``experiments/results/speed_last.md`` (T=784, B=128, H=128) and ``speed_last_h512.md``
 (T=100, B=64, H=512): torch as users run it, torch with subnormals flushed, seqnorm's native
-``spectral`` layer and the GEMM floor, as times and ratios, the targets in brackets. Below it,
-the loss over every step (``speed.md``, ``speed_h512.md``). Written between the README's speed
-markers with the machine, commit and date of the runs.
+``spectral`` layer and the GEMM floor, as times and ratios, the targets in brackets, and a link
+to the loss over every step (``speed.md``, ``speed_h512.md``). Written between the README's
+speed markers with the machine, commit, date and load of the runs.
 
     .venv/bin/python experiments/speed_table.py           # README.md
     .venv/bin/python experiments/speed_table.py --print   # prints only
@@ -17,7 +17,7 @@ import argparse
 import re
 from pathlib import Path
 
-from bench_speed import TARGETS_LAST, TARGETS_MEAN
+from bench_speed import TARGETS_LAST
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
@@ -76,73 +76,50 @@ def _provenance(header: list[str]) -> str:
 
 
 def last_table(results: Path = RESULTS) -> list[str]:
-    """The headline: the last-step loss, both shapes."""
-    got = {k: parse(results / f) for k, f in LAST.items() if (results / f).exists()}
+    """The headline: the last-step loss, both shapes, one row per layer."""
+    got = {k: parse(results / f)[0] for k, f in LAST.items() if (results / f).exists()}
     if "h128" not in got:
         raise FileNotFoundError(f"no {results / LAST['h128']}: run `make bench` first")
     lines = [
-        f"Measured by `make bench` ({_provenance(got['h128'][1])}; one thread, torch's "
-        "oneDNN/MKL CPU build). One training step with the loss the benchmarks use, the last "
-        "step's output: torch's own layer as users run it, the same under "
-        '`torch.set_flush_denormal(True)`, seqnorm\'s native `constraint="spectral"` layer '
-        "(exact sigma at every call included; the kernels flush subnormals themselves) and "
-        "the GEMM floor (the recurrence's GEMMs alone). Ratios are times over torch's "
-        "(modReLU: over torch's tanh RNN), targets in brackets.",
+        f"Measured by `make bench` ({_provenance(parse(results / LAST['h128'])[1])}; one "
+        "thread, torch's oneDNN/MKL CPU build). One training step with the loss the benchmarks "
+        "use, the last step's output: torch's own layer as users run it, the same under "
+        "`torch.set_flush_denormal(True)` (*flushed*), seqnorm's native "
+        '`constraint="spectral"` layer (exact sigma at every call included; the kernels '
+        "flush subnormals themselves) and the GEMM floor (the recurrence's GEMMs alone). "
+        "Ratios are times over torch's (modReLU: over torch's tanh RNN), targets in brackets.",
         "",
-        "| layer | shape | torch (s) | torch flushed / torch | seqnorm / torch "
-        "| seqnorm / torch flushed | GEMM floor / torch |",
-        "|---|---|---|---|---|---|---|",
+        "| layer | T=784, B=128, H=128: torch (s) | torch flushed | seqnorm | seqnorm / flushed "
+        "| GEMM floor | T=100, B=64, H=512: seqnorm | seqnorm / flushed |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for key, (rows, _) in got.items():
-        shape = SHAPES[key]
-        targets = TARGETS_LAST.get(shape, {})
-        for layer, name in NAMES.items():
-            t_torch, t_flushed = targets.get(layer, (None, None))
-            ms = _num(rows, layer, "torch", "ms")
-            lines.append(
-                f"| {name} | T={shape[0]}, B={shape[1]}, H={shape[2]} "
-                f"| {_cell(ms / 1e3 if ms else None)} "
-                f"| {_cell(_num(rows, layer, 'torch, flushed', 'ratio'))} "
-                f"| {_cell(_num(rows, layer, 'spectral', 'ratio'), t_torch)} "
-                f"| {_cell(_num(rows, layer, 'spectral', 'vs_flushed'), t_flushed)} "
-                f"| {_cell(_num(rows, layer, 'GEMM floor', 'ratio'))} |"
-            )
-    return lines
-
-
-def mean_table(results: Path = RESULTS) -> list[str]:
-    """The loss over every step (no subnormals): training and forward ratios, memory."""
-    got = {k: parse(results / f) for k, f in MEAN.items() if (results / f).exists()}
-    if not got:
-        return []
-    lines = [
-        "",
-        f"With a loss over every step (`mean(out**2)`, no gradient decays into subnormals; "
-        f"{_provenance(next(iter(got.values()))[1])}): seqnorm's native `spectral` layer over "
-        "torch's layer, training step and forward only; memory: peak RSS rise of a training "
-        "step over torch's; x floor: training time over the GEMMs alone.",
-        "",
-        "| layer | T=784, B=128, H=128: train | forward | memory | x floor "
-        "| T=100, B=64, H=512: train | forward |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    h128, h512 = got.get("h128", ({}, []))[0], got.get("h512", ({}, []))[0]
+    h128, h512 = got["h128"], got.get("h512", {})
+    t128, t512 = TARGETS_LAST.get(SHAPES["h128"], {}), TARGETS_LAST.get(SHAPES["h512"], {})
     for layer, name in NAMES.items():
-        tt, tf = TARGETS_MEAN.get(layer, (None, None))
+        (a, b), (c, d) = t128.get(layer, (None, None)), t512.get(layer, (None, None))
+        ms = _num(h128, layer, "torch", "ms")
         lines.append(
-            f"| {name} | {_cell(_num(h128, layer, 'spectral', 'ratio'), tt)} "
-            f"| {_cell(_num(h128, layer, 'spectral', 'fwd_ratio'), tf)} "
-            f"| {_cell(_num(h128, layer, 'spectral', 'worst_mem_ratio'))} "
-            f"| {_cell(_num(h128, layer, 'spectral', 'x_floor'))} "
-            f"| {_cell(_num(h512, layer, 'spectral', 'ratio'), tt)} "
-            f"| {_cell(_num(h512, layer, 'spectral', 'fwd_ratio'), tf)} |"
+            f"| {name} | {_cell(ms / 1e3 if ms else None)} "
+            f"| {_cell(_num(h128, layer, 'torch, flushed', 'ratio'))} "
+            f"| {_cell(_num(h128, layer, 'spectral', 'ratio'), a)} "
+            f"| {_cell(_num(h128, layer, 'spectral', 'vs_flushed'), b)} "
+            f"| {_cell(_num(h128, layer, 'GEMM floor', 'ratio'))} "
+            f"| {_cell(_num(h512, layer, 'spectral', 'ratio'), c)} "
+            f"| {_cell(_num(h512, layer, 'spectral', 'vs_flushed'), d)} |"
         )
     return lines
 
 
 def table(results: Path = RESULTS) -> str:
     """The README block."""
-    return "\n".join(last_table(results) + mean_table(results))
+    tail = [
+        "",
+        "The loss over every step (no gradient decays into subnormals: the kernels' arithmetic "
+        "alone, with forward-only and memory columns): "
+        + ", ".join(f"[`{f}`](experiments/results/{f})" for f in MEAN.values())
+        + "; what each row means: [docs/speed.md](docs/speed.md).",
+    ]
+    return "\n".join(last_table(results) + tail)
 
 
 def write_readme(block: str, readme: Path = ROOT / "README.md") -> bool:
