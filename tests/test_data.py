@@ -29,14 +29,14 @@ from seqnorm.data import (
     SyntheticDataModule,
     copy_baseline,
     data_dir_candidates,
+    mnist_files,
     mnist_permutation,
     prepare_mnist,
     read_idx,
     resolve_data_dir,
 )
-from seqnorm.data import mnist as mnist_module
 
-MNIST_NAMES = [name for name, _ in mnist_module.MNIST_FILES.values()]
+MNIST_NAMES = [name for name, _ in mnist_files.MNIST_FILES.values()]
 
 
 @pytest.fixture(autouse=True)
@@ -442,7 +442,7 @@ def test_mnist_missing_files_no_network(tmp_path: Path, monkeypatch: pytest.Monk
     assert "no network" in message and "data_dir" in message
     assert "Place the four IDX files" in message
     # Each mirror was tried once, then skipped as unreachable for the other files.
-    assert calls == [m + "train-images-idx3-ubyte.gz" for m in mnist_module.MNIST_MIRRORS]
+    assert calls == [m + "train-images-idx3-ubyte.gz" for m in mnist_files.MNIST_MIRRORS]
     assert not list(data_dir.glob("*.part"))
     # download=False: no attempt at all, and setup() without prepare_data says the same.
     calls.clear()
@@ -487,7 +487,7 @@ def test_mnist_download_verifies_and_places(
     calls: list[str] = []
     monkeypatch.setattr(urllib.request, "urlopen", serve(files, calls))
     paths = prepare_mnist(tmp_path / "dl")
-    assert len(calls) == 4 and all(c.startswith(mnist_module.MNIST_MIRRORS[0]) for c in calls)
+    assert len(calls) == 4 and all(c.startswith(mnist_files.MNIST_MIRRORS[0]) for c in calls)
     assert sorted(p.name for p in (tmp_path / "dl").iterdir()) == sorted(files)
     assert paths["train_labels"].read_bytes() == files["train-labels-idx1-ubyte.gz"]
 
