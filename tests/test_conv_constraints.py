@@ -287,7 +287,7 @@ def test_reshaped_option_is_torch_spectral_norm_and_not_a_cap():
 def test_eval_forward_reuses_the_search_only_for_the_same_kernel(monkeypatch):
     """Forwards with an unchanged kernel reuse the search; a changed kernel (even through
     ``.data``, which does not bump the version counter) is searched again."""
-    import seqnorm.constraints.conv as conv_module
+    import seqnorm.constraints.conv.caps as conv_module
 
     calls = []
     real = conv_module.symbol_peak

@@ -34,10 +34,19 @@ cap the convolution's operator norm (:class:`ConvSpectral`, :func:`conv_operator
 from .band import Band
 from .bound import Bound, BoundCap
 from .cap import Cap, Constraint, options_of
-from .conv import CONV_CONSTRAINTS, ConvBound, ConvNorm, ConvScaled, ConvSpectral
-from .conv_geometry import CONV_TYPES, ConvGeometry, spatial_dims
-from .conv_norm import conv_operator_norm, reshaped_kernel_norm
-from .conv_power import conv_power_norm
+from .conv import (
+    CONV_CONSTRAINTS,
+    CONV_TYPES,
+    ConvBound,
+    ConvGeometry,
+    ConvNorm,
+    ConvScaled,
+    ConvSpectral,
+    conv_operator_norm,
+    conv_power_norm,
+    reshaped_kernel_norm,
+    spatial_dims,
+)
 from .gates import GateSubset
 from .norm import ESTIMATORS, SigmaNorm
 from .orthogonal import MAPS, Orthogonal, expm_skew

@@ -18,8 +18,7 @@ from ..linalg import check_int
 from .band import Band
 from .bound import Bound
 from .cap import Cap, Constraint, check_options, options_of
-from .conv import constrain_conv
-from .conv_geometry import CONV_TYPES
+from .conv import CONV_TYPES, constrain_conv
 from .gates import GateSubset
 from .orthogonal import Orthogonal
 from .scaled import Scaled

@@ -2,11 +2,11 @@
 
 The cap applies to the convolution's operator norm (the most it stretches an input, with
 its padding, stride, dilation and groups), through the certified upper bound of
-:func:`~seqnorm.constraints.conv_norm.conv_operator_norm`. Because that ``sigma`` is an upper
-bound recomputed from the current kernel at every forward (training and eval), the true
-operator norm never exceeds the cap. The bound is tight: for ``spectral`` the true norm ends
-within a few percent of 1 on ordinary layers and inputs (measured in ``tests/`` and the
-README; the gap grows for tiny inputs with large dilation).
+:func:`~seqnorm.constraints.conv.operator_norm.conv_operator_norm`. Because that ``sigma``
+is an upper bound recomputed from the current kernel at every forward (training and eval),
+the true operator norm never exceeds the cap. The bound is tight: for ``spectral`` the true
+norm ends within a few percent of 1 on ordinary layers and inputs (measured in ``tests/``
+and the README; the gap grows for tiny inputs with large dilation).
 
 ``norm="reshaped"`` divides by the largest singular value of the kernel reshaped to a
 matrix instead (``torch.nn.utils.spectral_norm``'s choice). That is **not** the operator
@@ -27,12 +27,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from .bound import BoundCap
-from .cap import Cap, check_options, options_of
-from .conv_geometry import ConvGeometry, spatial_shape
-from .conv_norm import conv_operator_norm, reshaped_kernel_norm, symbol_peak
-from .scaled import ScaledCap
-from .spectral import SpectralCap
+from ..bound import BoundCap
+from ..cap import Cap, check_options, options_of
+from ..scaled import ScaledCap
+from ..spectral import SpectralCap
+from .geometry import ConvGeometry, spatial_shape
+from .operator_norm import conv_operator_norm, reshaped_kernel_norm, symbol_peak
 
 __all__ = [
     "CONV_CONSTRAINTS",
