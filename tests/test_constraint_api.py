@@ -22,8 +22,8 @@ from seqnorm.constraints import (
     conv_operator_norm,
     expm_skew,
 )
-from seqnorm.constraints.conv import conv_constraint_options
 from seqnorm.constraints.orthogonal import skew
+from seqnorm.constraints.registry import conv_constraint_options
 
 KINDS = [k for k in CONSTRAINTS if k != "none"]
 

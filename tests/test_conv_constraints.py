@@ -18,7 +18,7 @@ from torch.nn import functional as F
 
 from seqnorm import constrain
 from seqnorm.constraints import ConvGeometry, conv_operator_norm
-from seqnorm.constraints.conv import conv_constraint_options
+from seqnorm.constraints.registry import conv_constraint_options
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -35,7 +35,6 @@ from .band import Band
 from .bound import Bound, BoundCap
 from .cap import Cap, Constraint, options_of
 from .conv import (
-    CONV_CONSTRAINTS,
     CONV_TYPES,
     ConvBound,
     ConvGeometry,
@@ -52,6 +51,7 @@ from .norm import ESTIMATORS, SigmaNorm
 from .orthogonal import MAPS, Orthogonal, expm_skew
 from .registry import (
     CONSTRAINTS,
+    CONV_CONSTRAINTS,
     check_constraint,
     constrain,
     constrained_tensors,

@@ -7,25 +7,16 @@
 * :mod:`~seqnorm.constraints.conv.power`: the operator norm at one input size by power
   iteration (:func:`conv_power_norm`), a lower bound for measuring how tight those are;
 * :mod:`~seqnorm.constraints.conv.caps`: the constraints, a cap on that norm
-  (:class:`ConvSpectral`, :class:`ConvScaled`, :class:`ConvBound` over :class:`ConvNorm`).
+  (:class:`ConvSpectral`, :class:`ConvScaled`, :class:`ConvBound` over :class:`ConvNorm`),
+  which :func:`~seqnorm.constraints.registry.constrain` registers by name.
 """
 
-from .caps import (
-    CONV_CONSTRAINTS,
-    CONV_NORMS,
-    ConvBound,
-    ConvNorm,
-    ConvScaled,
-    ConvSpectral,
-    constrain_conv,
-    conv_constraint_options,
-)
+from .caps import CONV_NORMS, ConvBound, ConvNorm, ConvScaled, ConvSpectral
 from .geometry import CONV_TYPES, ConvGeometry, spatial_dims, spatial_shape
 from .operator_norm import conv_operator_norm, reshaped_kernel_norm
 from .power import conv_power_norm
 
 __all__ = [
-    "CONV_CONSTRAINTS",
     "CONV_NORMS",
     "CONV_TYPES",
     "ConvBound",
@@ -33,8 +24,6 @@ __all__ = [
     "ConvNorm",
     "ConvScaled",
     "ConvSpectral",
-    "constrain_conv",
-    "conv_constraint_options",
     "conv_operator_norm",
     "conv_power_norm",
     "reshaped_kernel_norm",
