@@ -9,7 +9,6 @@ options and their defaults are the keyword-only parameters of its class's constr
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -107,11 +106,10 @@ def check_constraint(kind: str, options: dict[str, Any] | None = None) -> None:
 def constrain(
     module: nn.Module,
     name: str = "weight",
-    constraint: str | None = None,
+    constraint: str = "spectral",
     *,
     blocks: int = 1,
     gates: Sequence[int] | None = None,
-    kind: str | None = None,
     **options: Any,
 ) -> nn.Module:
     """Constrain ``module.<name>`` per gate block with the parametrization ``constraint``.
@@ -139,7 +137,6 @@ def constrain(
         **options: options of the constraint (see :func:`constraint_options` and the
             classes): ``estimator``, ``n_power_iterations``, ``eps``, ``gamma_min``,
             ``gamma_max``, ``gamma``, ``r``, ``map``, ``rebase_every``.
-        kind: deprecated spelling of ``constraint`` (a ``FutureWarning``).
 
     Returns:
         ``module`` itself, now parametrized (``constraint="none"`` leaves it untouched).
@@ -149,23 +146,12 @@ def constrain(
     Raises:
         ValueError: unknown constraint or option, bad option value, blocks not dividing the
             rows, non-square blocks.
-        TypeError: both ``constraint`` and ``kind`` given.
 
     >>> lin = constrain(nn.Linear(4, 4, bias=False), constraint="spectral")
     >>> round(torch.linalg.matrix_norm(lin.weight, 2).item(), 4)
     1.0
     """
-    if kind is not None:
-        if constraint is not None:
-            raise TypeError(f"give constraint= only (kind= is its deprecated spelling), got "
-                            f"constraint={constraint!r} and kind={kind!r}")  # fmt: skip
-        warnings.warn(
-            "constrain(..., kind=...) is deprecated: spell it constraint=..., as on the layers",
-            FutureWarning,
-            stacklevel=2,
-        )
-        constraint = kind
-    kind = "spectral" if constraint is None else constraint
+    kind = constraint
     what = type(module).__name__
     if isinstance(module, CONV_TYPES):
         if blocks != 1 or gates is not None:

@@ -21,7 +21,6 @@ import shutil
 import tempfile
 import urllib.error
 import urllib.request
-import warnings
 import zlib
 from pathlib import Path
 
@@ -37,9 +36,6 @@ __all__ = [
     "load_mnist",
     "prepare_mnist",
 ]
-
-#: The deprecated variable naming the MNIST folder itself (use ``SEQNORM_DATA``).
-LEGACY_MNIST_ENV = "SEQNORM_MNIST_DIR"
 
 #: Role -> (file name without ``.gz``, MD5 of the decompressed content).
 MNIST_FILES: dict[str, tuple[str, str]] = {
@@ -185,23 +181,7 @@ def load_mnist(
 
 def default_mnist_dir() -> Path:
     """Where MNIST is when no folder is named: ``data/mnist`` resolved as every relative
-    ``data_dir`` is (``$SEQNORM_DATA/mnist`` first; :mod:`seqnorm.data.paths`).
-
-    The older variable ``SEQNORM_MNIST_DIR`` (the MNIST folder itself) still works when
-    ``SEQNORM_DATA`` is unset, with a ``FutureWarning``: set ``SEQNORM_DATA`` to the folder
-    that holds ``mnist/`` instead.
-    """
-    legacy = os.environ.get(LEGACY_MNIST_ENV)
-    if legacy:
-        warnings.warn(
-            f"{LEGACY_MNIST_ENV} is deprecated: set {DATA_ENV} to the folder that holds "
-            f"mnist/ ({DATA_ENV}={Path(legacy).parent}); "
-            + (f"{DATA_ENV} is set and wins" if os.environ.get(DATA_ENV) else "using it"),
-            FutureWarning,
-            stacklevel=2,
-        )
-        if not os.environ.get(DATA_ENV):
-            return Path(legacy).expanduser().absolute()
+    ``data_dir`` is (``$SEQNORM_DATA/mnist`` first; :mod:`seqnorm.data.paths`)."""
     return resolve_data_dir("data/mnist")
 
 
