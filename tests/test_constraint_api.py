@@ -19,11 +19,10 @@ from seqnorm.constraints import (
     Spectral,
     constrained_tensors,
     constraint_options,
+    conv_constraint_options,
     conv_operator_norm,
-    expm_skew,
 )
-from seqnorm.constraints.orthogonal import skew
-from seqnorm.constraints.registry import conv_constraint_options
+from seqnorm.constraints.orthogonal import expm_skew, skew
 
 KINDS = [k for k in CONSTRAINTS if k != "none"]
 

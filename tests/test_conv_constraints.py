@@ -17,8 +17,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from seqnorm import constrain
-from seqnorm.constraints import ConvGeometry, conv_operator_norm
-from seqnorm.constraints.registry import conv_constraint_options
+from seqnorm.constraints import ConvGeometry, conv_constraint_options, conv_operator_norm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
