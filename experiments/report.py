@@ -3,7 +3,7 @@
     .venv/bin/python experiments/report.py                  # experiments/results/, README.md
     .venv/bin/python experiments/report.py --root ../wt_grid \\
         --runs ../wt_grid/experiments/results/runs.csv      # a grid run in a worktree
-    .venv/bin/python experiments/report.py --check          # the issue's acceptance check
+    .venv/bin/python experiments/report.py --check          # the grid's acceptance check
 
 Writes, under ``--out-dir``: ``RESULTS.md`` (provenance, the headline table that also goes
 into the README between its markers, one table per task with mean ± std over seeds, the
@@ -226,7 +226,8 @@ def copy1000(out: Path) -> list[str]:
 
 # -- the acceptance check and the document ---------------------------------------------------
 def check(df: pd.DataFrame) -> list[tuple[str, bool]]:
-    """The issue's acceptance check on runs.csv: (condition, holds)."""
+    """The grid's acceptance check on runs.csv (one clean commit, relative run directories,
+    the copy task learned at T=100 and T>=1000): (condition, holds)."""
     copy = df[(df.task.str.startswith("copy")) & (df.status == "ok")]
     long = copy[copy["T"] >= 1000]
     return [
@@ -320,7 +321,7 @@ def render(df: pd.DataFrame, root: Path, out: Path, log: Path) -> str:
         flow = plot_gradflow(task, runs, root, out)
         lines += [f"![{task} gradient flow]({flow.name})" if flow else "", ""]
     lines += ["## Copy at T=1000", "", *copy1000(out), ""]
-    lines += ["## Acceptance check (issue 16)", ""]
+    lines += ["## Acceptance check: a reproducible grid that learns the copy task", ""]
     lines += [f"- [{'x' if held else ' '}] {what}" for what, held in check(df)]
     return "\n".join(lines) + "\n"
 

@@ -7,7 +7,6 @@ The task wiring (``input_kind``, ``input_dim``, ``output_kind``, ``num_classes``
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import pytorch_lightning as pl
@@ -27,18 +26,6 @@ from .utils import eval_mode
 __all__ = ["CELLS", "NonFiniteLossError", "SeqModel"]
 
 CELLS = {"rnn": SpectralRNN, "gru": SpectralGRU, "lstm": SpectralLSTM}
-
-
-def __getattr__(name: str) -> Any:
-    if name == "GATE_NAMES":  # deprecated: the layer knows its gate names
-        warnings.warn(
-            "seqnorm.model.GATE_NAMES is deprecated: ask the layer (model.rnn.gate_names)",
-            FutureWarning,
-            stacklevel=2,
-        )
-        with torch.random.fork_rng(devices=[]):  # building a layer draws its init
-            return {cell: cls(1, 1).gate_names for cell, cls in CELLS.items()}
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 _INPUT_KINDS = ("tokens", "features")

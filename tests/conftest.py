@@ -8,12 +8,10 @@ import torch
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
-#: The real MNIST files: $SEQNORM_DATA/mnist, else the deprecated $SEQNORM_MNIST_DIR, else
-#: ../shared/data/mnist beside this checkout (tests that need them skip when absent; tests
-#: never download).
+#: The real MNIST files: $SEQNORM_DATA/mnist, else ../shared/data/mnist beside this checkout
+#: (tests that need them skip when absent; tests never download).
 MNIST_DIR = Path(
     (os.environ.get("SEQNORM_DATA") and Path(os.environ["SEQNORM_DATA"]) / "mnist")
-    or os.environ.get("SEQNORM_MNIST_DIR")
     or Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 )
 

@@ -1,6 +1,6 @@
 """Bidirectional layers, LSTM projections and PackedSequence input, on both code paths.
 
-The issue's own check: from torch's ``state_dict``, at ``constraint="none"``, bidirectional
+The oracle check: from torch's ``state_dict``, at ``constraint="none"``, bidirectional
 2-layer RNN/GRU/LSTM and an LSTM with ``proj_size``, padded or as an unsorted
 ``PackedSequence``, give torch's outputs and gradients on the fused and the unrolled path;
 with ``spectral`` every gate block of ``weight_hh_l0_reverse`` has sigma_max 1. Then what

@@ -19,11 +19,10 @@ from seqnorm.constraints import (
     Spectral,
     constrained_tensors,
     constraint_options,
+    conv_constraint_options,
     conv_operator_norm,
-    expm_skew,
 )
-from seqnorm.constraints.conv import conv_constraint_options
-from seqnorm.constraints.orthogonal import skew
+from seqnorm.constraints.orthogonal import expm_skew, skew
 
 KINDS = [k for k in CONSTRAINTS if k != "none"]
 
@@ -98,13 +97,16 @@ def test_setattr_reconverges_the_power_estimator():
     assert abs(torch.linalg.matrix_norm(lin.weight, 2).item() - 1) < 1e-3
 
 
-def test_kind_is_the_deprecated_spelling_of_constraint():
-    with pytest.warns(FutureWarning, match="spell it constraint="):
-        old = constrain(nn.Linear(4, 4, bias=False), kind="bound", gamma=0.5)
-    assert isinstance(old.parametrizations.weight[0], Bound)
-    assert old.parametrizations.weight[0].gamma == 0.5
-    with pytest.raises(TypeError, match="give constraint= only"):
-        constrain(nn.Linear(4, 4), constraint="spectral", kind="spectral")
+def test_constraint_is_the_one_spelling():
+    """``kind=`` (the spelling before ``constraint=``) is an unknown option like any other."""
+    unknown = r"unknown option\(s\) \['kind'\] for constraint 'spectral'"
+    with pytest.raises(ValueError, match=unknown):
+        constrain(nn.Linear(4, 4, bias=False), kind="bound")
+    with pytest.raises(ValueError, match=unknown + " on Conv1d"):
+        constrain(nn.Conv1d(2, 2, 3), kind="bound")
+    lin = constrain(nn.Linear(4, 4, bias=False), constraint="bound", gamma=0.5)
+    assert isinstance(lin.parametrizations.weight[0], Bound)
+    assert lin.parametrizations.weight[0].gamma == 0.5
 
 
 class _Custom(nn.Module):

@@ -17,8 +17,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from seqnorm import constrain
-from seqnorm.constraints import ConvGeometry, conv_operator_norm
-from seqnorm.constraints.conv import conv_constraint_options
+from seqnorm.constraints import ConvGeometry, conv_constraint_options, conv_operator_norm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -287,7 +286,7 @@ def test_reshaped_option_is_torch_spectral_norm_and_not_a_cap():
 def test_eval_forward_reuses_the_search_only_for_the_same_kernel(monkeypatch):
     """Forwards with an unchanged kernel reuse the search; a changed kernel (even through
     ``.data``, which does not bump the version counter) is searched again."""
-    import seqnorm.constraints.conv as conv_module
+    import seqnorm.constraints.conv.caps as conv_module
 
     calls = []
     real = conv_module.symbol_peak
@@ -358,37 +357,42 @@ def test_recurrent_blocks_still_need_square_blocks():
 @pytest.mark.parametrize(
     ("module", "kwargs", "match"),
     [
-        (nn.Conv2d(2, 2, 3), {"kind": "band"}, "'band' does not apply to Conv2d"),
-        (nn.Conv1d(2, 2, 3), {"kind": "orthogonal"}, "'orthogonal' does not apply to Conv1d"),
-        (nn.Conv1d(2, 2, 3), {"kind": "spectral", "estimator": "power"},
+        (nn.Conv2d(2, 2, 3), {"constraint": "band"}, "'band' does not apply to Conv2d"),
+        (nn.Conv1d(2, 2, 3), {"constraint": "orthogonal"}, "'orthogonal' does not apply to Conv1d"),
+        (nn.Conv1d(2, 2, 3), {"constraint": "spectral", "estimator": "power"},
          r"unknown option\(s\) \['estimator'\] for constraint 'spectral' on Conv1d"),
-        (nn.Conv1d(2, 2, 3), {"kind": "spectral", "blocks": 2}, "blocks and gates do not apply"),
-        (nn.Conv1d(2, 2, 3), {"kind": "spectral", "name": "bias"}, "only the kernel 'weight'"),
-        (nn.Conv1d(2, 2, 3, padding=1, padding_mode="reflect"), {"kind": "spectral"},
+        (nn.Conv1d(2, 2, 3), {"constraint": "spectral", "blocks": 2},
+         "blocks and gates do not apply"),
+        (nn.Conv1d(2, 2, 3), {"constraint": "spectral", "name": "bias"},
+         "only the kernel 'weight'"),
+        (nn.Conv1d(2, 2, 3, padding=1, padding_mode="reflect"), {"constraint": "spectral"},
          "padding_mode='reflect' has no operator-norm bound"),
-        (nn.Conv1d(2, 2, 3, padding=1, padding_mode="replicate"), {"kind": "bound"},
+        (nn.Conv1d(2, 2, 3, padding=1, padding_mode="replicate"), {"constraint": "bound"},
          "padding_mode='replicate'"),
-        (nn.Conv1d(2, 2, 3, padding=2, padding_mode="circular"), {"kind": "spectral"},
+        (nn.Conv1d(2, 2, 3, padding=2, padding_mode="circular"), {"constraint": "spectral"},
          "circular padding 4 exceeds"),
-        (nn.Conv1d(2, 2, 3, stride=2, padding=1, padding_mode="circular"), {"kind": "spectral"},
-         r"circular padding with stride \(2,\) has a tight bound only"),
         (nn.Conv1d(2, 2, 3, stride=2, padding=1, padding_mode="circular"),
-         {"kind": "spectral", "input_shape": (9,)}, "input_shape=.9,"),
-        (nn.Conv2d(2, 2, 3), {"kind": "spectral", "input_shape": (3, 8, 8)},
+         {"constraint": "spectral"}, r"circular padding with stride \(2,\) has a tight bound only"),
+        (nn.Conv1d(2, 2, 3, stride=2, padding=1, padding_mode="circular"),
+         {"constraint": "spectral", "input_shape": (9,)}, "input_shape=.9,"),
+        (nn.Conv2d(2, 2, 3), {"constraint": "spectral", "input_shape": (3, 8, 8)},
          "input_shape has 3 channels, the convolution takes 2"),
-        (nn.Conv2d(2, 2, 3), {"kind": "spectral", "input_shape": (8,)},
+        (nn.Conv2d(2, 2, 3), {"constraint": "spectral", "input_shape": (8,)},
          "input_shape must be 2 spatial sizes"),
-        (nn.Conv2d(2, 2, 3), {"kind": "spectral", "input_shape": (2, 2)},
+        (nn.Conv2d(2, 2, 3), {"constraint": "spectral", "input_shape": (2, 2)},
          "smaller than the kernel"),
-        (nn.Conv2d(2, 2, 3), {"kind": "spectral", "slack": 0}, "slack must be in"),
-        (nn.Conv2d(2, 2, 3), {"kind": "spectral", "norm": "frobenius"}, "norm must be one of"),
-        (nn.Conv2d(2, 2, 3), {"kind": "bound", "gamma": -1}, "gamma must be a positive"),
-        (nn.Conv2d(2, 2, 3), {"kind": "spectral", "norm": "reshaped", "input_shape": (8, 8)},
+        (nn.Conv2d(2, 2, 3), {"constraint": "spectral", "slack": 0}, "slack must be in"),
+        (nn.Conv2d(2, 2, 3), {"constraint": "spectral", "norm": "frobenius"},
+         "norm must be one of"),
+        (nn.Conv2d(2, 2, 3), {"constraint": "bound", "gamma": -1}, "gamma must be a positive"),
+        (nn.Conv2d(2, 2, 3), {"constraint": "spectral", "norm": "reshaped", "input_shape": (8, 8)},
          "input_shape applies to norm='operator' only"),
-        (nn.ConvTranspose2d(2, 2, 3), {"kind": "spectral"}, "ConvTranspose2d is not supported"),
-        (nn.Linear(4, 8), {"kind": "band"},
+        (nn.ConvTranspose2d(2, 2, 3), {"constraint": "spectral"},
+         "ConvTranspose2d is not supported"),
+        (nn.Linear(4, 8), {"constraint": "band"},
          r"'band' needs a square matrix; Linear.weight .*\(8, 4\)"),
-        (nn.Bilinear(2, 3, 4), {"kind": "spectral"}, "weight of Bilinear must be a 2-D matrix"),
+        (nn.Bilinear(2, 3, 4), {"constraint": "spectral"},
+         "weight of Bilinear must be a 2-D matrix"),
     ],
 )  # fmt: skip
 def test_bad_modules_and_options_are_refused(module, kwargs, match):

@@ -29,14 +29,14 @@ from seqnorm.data import (
     SyntheticDataModule,
     copy_baseline,
     data_dir_candidates,
+    mnist_files,
     mnist_permutation,
     prepare_mnist,
     read_idx,
     resolve_data_dir,
 )
-from seqnorm.data import mnist as mnist_module
 
-MNIST_NAMES = [name for name, _ in mnist_module.MNIST_FILES.values()]
+MNIST_NAMES = [name for name, _ in mnist_files.MNIST_FILES.values()]
 
 
 @pytest.fixture(autouse=True)
@@ -442,7 +442,7 @@ def test_mnist_missing_files_no_network(tmp_path: Path, monkeypatch: pytest.Monk
     assert "no network" in message and "data_dir" in message
     assert "Place the four IDX files" in message
     # Each mirror was tried once, then skipped as unreachable for the other files.
-    assert calls == [m + "train-images-idx3-ubyte.gz" for m in mnist_module.MNIST_MIRRORS]
+    assert calls == [m + "train-images-idx3-ubyte.gz" for m in mnist_files.MNIST_MIRRORS]
     assert not list(data_dir.glob("*.part"))
     # download=False: no attempt at all, and setup() without prepare_data says the same.
     calls.clear()
@@ -487,7 +487,7 @@ def test_mnist_download_verifies_and_places(
     calls: list[str] = []
     monkeypatch.setattr(urllib.request, "urlopen", serve(files, calls))
     paths = prepare_mnist(tmp_path / "dl")
-    assert len(calls) == 4 and all(c.startswith(mnist_module.MNIST_MIRRORS[0]) for c in calls)
+    assert len(calls) == 4 and all(c.startswith(mnist_files.MNIST_MIRRORS[0]) for c in calls)
     assert sorted(p.name for p in (tmp_path / "dl").iterdir()) == sorted(files)
     assert paths["train_labels"].read_bytes() == files["train-labels-idx1-ubyte.gz"]
 
@@ -616,13 +616,12 @@ def test_mnist_datamodule_finds_data_in_seqnorm_data(
 
 
 def test_copy_seq_len_says_one_thing() -> None:
-    """The DataModule's seq_len is deprecated where it meant T + 20; every module has
-    input_len, the full input length, and the dataset agrees."""
+    """seq_len is the constructor's T on the DataModule and the dataset alike; every module
+    has input_len, the full input length (T + 20 for copy memory)."""
     dm = CopyMemoryDataModule(seq_len=5)
     ds = CopyMemoryDataset(seq_len=5, size=2)
-    assert (ds.seq_len, ds.input_len, dm.delay, dm.input_len) == (5, 25, 5, 25)
-    with pytest.warns(FutureWarning, match=r"seq_len reads the input length T \+ 20 = 25"):
-        assert dm.seq_len == 25  # the old meaning, still
+    assert (ds.seq_len, ds.input_len) == (5, 25)
+    assert (dm.seq_len, dm.delay, dm.input_len) == (5, 5, 25)
     assert AddingDataModule(seq_len=12).input_len == 12
 
 
@@ -637,11 +636,10 @@ def test_load_mnist_and_the_one_data_variable(
     assert images.shape == (8, 28, 28) and labels.tolist() == [i % 10 for i in range(8)]
     with pytest.raises(ValueError, match="split must be 'train' or 'test', got 'val'"):
         load_mnist(tmp_path / "shelf" / "mnist", "val")
-    monkeypatch.delenv("SEQNORM_MNIST_DIR", raising=False)
     monkeypatch.setenv("SEQNORM_DATA", str(tmp_path / "shelf"))
     assert default_mnist_dir() == tmp_path / "shelf" / "mnist"
     assert load_mnist("data/mnist", "train")[0].shape == (20, 28, 28)  # $SEQNORM_DATA/mnist
     monkeypatch.delenv("SEQNORM_DATA")
-    monkeypatch.setenv("SEQNORM_MNIST_DIR", str(tmp_path / "elsewhere"))
-    with pytest.warns(FutureWarning, match="SEQNORM_MNIST_DIR is deprecated: set SEQNORM_DATA"):
-        assert default_mnist_dir() == tmp_path / "elsewhere"
+    monkeypatch.setenv("SEQNORM_MNIST_DIR", str(tmp_path / "elsewhere"))  # no longer read
+    monkeypatch.chdir(tmp_path)
+    assert default_mnist_dir() == tmp_path / "data" / "mnist"  # the working directory's

@@ -275,15 +275,6 @@ def test_bidirectional_and_proj_size_checked():
         SeqModel(bidirectional=True, tbptt_steps=4)
 
 
-def test_gate_names_come_from_the_layer_and_the_old_table_warns():
-    import seqnorm.model
-
-    with pytest.warns(FutureWarning, match="GATE_NAMES is deprecated"):
-        table = seqnorm.model.GATE_NAMES
-    for cell, cls in seqnorm.model.CELLS.items():
-        assert table[cell] == cls(1, 1).gate_names
-
-
 def test_the_model_guards_itself_unless_told_not_to():
     from seqnorm.guards import FlushDenormals, NonFiniteGuard
 

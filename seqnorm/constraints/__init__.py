@@ -19,7 +19,7 @@ which is what a per-time-step loop over a cell should do.
 
 ``sigma`` is exact at every call by default (``estimator="exact"``), so the caps hold at
 every forward, in training and in eval. ``spectral``, ``scaled`` and ``bound`` are one
-:class:`Cap` each (:class:`SpectralCap`, :class:`ScaledCap`, :class:`BoundCap`) over a ``sigma``
+:class:`Cap` each (:class:`Spectral`, :class:`Scaled`, :class:`Bound`) over a ``sigma``
 source: :class:`SigmaNorm` for matrices, :class:`ConvNorm` for convolutions. Every
 constraint is a :class:`Constraint`: ``holds(W)`` checks a matrix against its own options,
 ``right_inverse`` makes ``setattr(module, name, W)`` load a plain weight, and
@@ -29,65 +29,69 @@ Beyond recurrent matrices, :func:`constrain` takes any ``nn.Linear`` (square or 
 ``spectral``, ``scaled``, ``bound``; ``orthogonal`` gives orthonormal rows or columns,
 :class:`SemiOrthogonal`) and ``Conv1d/2d/3d``, whose ``spectral``, ``scaled`` and ``bound``
 cap the convolution's operator norm (:class:`ConvSpectral`, :func:`conv_operator_norm`).
+
+Public here: the verbs, the table of names, the bases a new constraint subclasses and the
+classes :func:`constrain` registers. The rest (the formulas' halves such as
+:class:`~seqnorm.constraints.spectral.SpectralCap`, option tables, helpers) is reached by
+its module path, as torch keeps its parametrizations' classes.
 """
 
 from .band import Band
-from .bound import Bound, BoundCap
-from .cap import Cap, Constraint, options_of
-from .conv import CONV_CONSTRAINTS, ConvBound, ConvNorm, ConvScaled, ConvSpectral
-from .conv_geometry import CONV_TYPES, ConvGeometry, spatial_dims
-from .conv_norm import conv_operator_norm, reshaped_kernel_norm
-from .conv_power import conv_power_norm
+from .bound import Bound
+from .cap import Cap, Constraint
+from .conv import (
+    ConvBound,
+    ConvGeometry,
+    ConvNorm,
+    ConvScaled,
+    ConvSpectral,
+    conv_operator_norm,
+    conv_power_norm,
+)
 from .gates import GateSubset
-from .norm import ESTIMATORS, SigmaNorm
-from .orthogonal import MAPS, Orthogonal, expm_skew
+from .norm import SigmaNorm
+from .orthogonal import Orthogonal
 from .registry import (
     CONSTRAINTS,
     check_constraint,
     constrain,
     constrained_tensors,
     constraint_options,
+    conv_constraint_options,
     is_constrained,
     satisfies,
 )
-from .scaled import Scaled, ScaledCap
+from .scaled import Scaled
 from .semiorthogonal import SemiOrthogonal
-from .spectral import Spectral, SpectralCap
+from .spectral import Spectral
 
 __all__ = [
+    # the verbs
+    "check_constraint",
+    "constrain",
+    "constrained_tensors",
+    "constraint_options",
+    "conv_constraint_options",
+    "conv_operator_norm",
+    "conv_power_norm",
+    "is_constrained",
+    "satisfies",
+    # the names, and the classes constrain() registers for them
     "CONSTRAINTS",
-    "CONV_CONSTRAINTS",
-    "CONV_TYPES",
-    "ESTIMATORS",
-    "MAPS",
     "Band",
     "Bound",
-    "BoundCap",
-    "Cap",
-    "Constraint",
     "ConvBound",
-    "ConvGeometry",
-    "ConvNorm",
     "ConvScaled",
     "ConvSpectral",
     "GateSubset",
     "Orthogonal",
     "Scaled",
-    "ScaledCap",
     "SemiOrthogonal",
-    "SigmaNorm",
     "Spectral",
-    "SpectralCap",
-    "check_constraint",
-    "constrain",
-    "constrained_tensors",
-    "constraint_options",
-    "conv_operator_norm",
-    "conv_power_norm",
-    "expm_skew",
-    "is_constrained",
-    "options_of",
-    "reshaped_kernel_norm",
-    "satisfies",
-    "spatial_dims",
+    # the bases a new constraint subclasses, and a convolution's description
+    "Cap",
+    "Constraint",
+    "ConvGeometry",
+    "ConvNorm",
+    "SigmaNorm",
 ]

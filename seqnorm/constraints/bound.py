@@ -7,8 +7,8 @@ from typing import Any
 from torch import Tensor
 
 from .cap import Cap
+from .gamma import check_gamma
 from .norm import SigmaNorm
-from .scale import check_gamma
 
 __all__ = ["Bound", "BoundCap"]
 

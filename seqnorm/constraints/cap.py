@@ -9,7 +9,7 @@ module.
 
 :class:`Cap` is ``W -> W * factor(sigma(W))``. Where ``sigma`` comes from is one base class
 (:class:`~seqnorm.constraints.norm.SigmaNorm`: a matrix's largest singular value per gate
-block, exact or by power iteration; :class:`~seqnorm.constraints.conv.ConvNorm`: a bound on a
+block, exact or by power iteration; :class:`~seqnorm.constraints.conv.caps.ConvNorm`: a bound on a
 convolution's operator norm); what ``factor`` is is one formula (``spectral``, ``scaled``,
 ``bound``), written once in its own file and combined with either source. A cap stores
 ``W`` itself: ``right_inverse(W)`` returns ``W`` (after re-aiming the estimator at it), and the

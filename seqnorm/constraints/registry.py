@@ -1,12 +1,14 @@
 """Constraints by name: the registry, their options, :func:`constrain` and :func:`satisfies`.
 
-A constraint's options and their defaults are the keyword-only parameters of its class's
-constructor (:func:`~seqnorm.constraints.cap.options_of`); nothing here repeats them.
+A constraint's name is checked in one place (the lookup behind :func:`check_constraint`,
+:func:`constraint_options`, :func:`conv_constraint_options` and :func:`constrain`), against
+:data:`CONSTRAINTS`, and for a convolution against :data:`CONV_CONSTRAINTS`. A constraint's
+options and their defaults are the keyword-only parameters of its class's constructor
+(:func:`~seqnorm.constraints.cap.options_of`); nothing here repeats them.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,8 +20,7 @@ from ..linalg import check_int
 from .band import Band
 from .bound import Bound
 from .cap import Cap, Constraint, check_options, options_of
-from .conv import constrain_conv
-from .conv_geometry import CONV_TYPES
+from .conv import CONV_TYPES, ConvBound, ConvGeometry, ConvScaled, ConvSpectral
 from .gates import GateSubset
 from .orthogonal import Orthogonal
 from .scaled import Scaled
@@ -28,10 +29,12 @@ from .spectral import Spectral
 
 __all__ = [
     "CONSTRAINTS",
+    "CONV_CONSTRAINTS",
     "check_constraint",
     "constrain",
     "constrained_tensors",
     "constraint_options",
+    "conv_constraint_options",
     "is_constrained",
     "satisfies",
 ]
@@ -46,22 +49,53 @@ CONSTRAINTS: dict[str, type[nn.Module] | None] = {
 }
 
 
+#: What a convolution takes: caps on its operator norm (:mod:`seqnorm.constraints.conv`).
+CONV_CONSTRAINTS: dict[str, type[nn.Module]] = {
+    "spectral": ConvSpectral,
+    "scaled": ConvScaled,
+    "bound": ConvBound,
+}
+
+
+def _class_of(kind: str, conv: str | None = None) -> type[nn.Module] | None:
+    """The class behind constraint name ``kind`` (``None`` for ``"none"``): where a name is
+    checked. ``conv``: the convolution it is for (its type name), which takes only
+    :data:`CONV_CONSTRAINTS`."""
+    if not isinstance(kind, str) or kind not in CONSTRAINTS:
+        raise ValueError(f"constraint must be one of {sorted(CONSTRAINTS)}, got {kind!r}")
+    if conv is None or kind == "none":
+        return CONSTRAINTS[kind]
+    if kind not in CONV_CONSTRAINTS:
+        raise ValueError(
+            f"constraint {kind!r} does not apply to {conv} (its operator norm is not a matrix's "
+            f"singular values); a convolution takes {sorted(CONV_CONSTRAINTS)}"
+        )
+    return CONV_CONSTRAINTS[kind]
+
+
 def constraint_options(kind: str) -> dict[str, Any]:
     """The options of constraint ``kind`` and their defaults, read off its signature.
 
     >>> constraint_options("bound")
     {'gamma': 1.0, 'estimator': 'exact', 'n_power_iterations': 1, 'eps': 1e-12}
     """
-    check_constraint(kind)
-    cls = CONSTRAINTS[kind]
+    cls = _class_of(kind)
+    return {} if cls is None else options_of(cls)
+
+
+def conv_constraint_options(kind: str) -> dict[str, Any]:
+    """The options of constraint ``kind`` on a convolution and their defaults (its signature).
+
+    >>> conv_constraint_options("bound")
+    {'gamma': 1.0, 'norm': 'operator', 'input_shape': None, 'slack': 0.01, 'eps': 1e-12}
+    """
+    cls = _class_of(kind, "a convolution")
     return {} if cls is None else options_of(cls)
 
 
 def check_constraint(kind: str, options: dict[str, Any] | None = None) -> None:
     """Raise ``ValueError`` if ``kind`` is unknown or ``options`` are not its options."""
-    if not isinstance(kind, str) or kind not in CONSTRAINTS:
-        raise ValueError(f"constraint must be one of {sorted(CONSTRAINTS)}, got {kind!r}")
-    cls = CONSTRAINTS[kind]
+    cls = _class_of(kind)
     if options:
         if cls is None:
             raise ValueError(f"unknown option(s) {sorted(options)} for constraint {kind!r}; "
@@ -72,11 +106,10 @@ def check_constraint(kind: str, options: dict[str, Any] | None = None) -> None:
 def constrain(
     module: nn.Module,
     name: str = "weight",
-    constraint: str | None = None,
+    constraint: str = "spectral",
     *,
     blocks: int = 1,
     gates: Sequence[int] | None = None,
-    kind: str | None = None,
     **options: Any,
 ) -> nn.Module:
     """Constrain ``module.<name>`` per gate block with the parametrization ``constraint``.
@@ -91,7 +124,7 @@ def constrain(
     * the kernel of a ``Conv1d/2d/3d``: ``spectral``, ``scaled`` and ``bound`` cap the
       convolution's *operator norm* (:mod:`seqnorm.constraints.conv`); their options are
       ``norm``, ``input_shape``, ``slack``, ``eps`` and the caps
-      (:func:`~seqnorm.constraints.conv.conv_constraint_options`).
+      (:func:`conv_constraint_options`).
 
     Args:
         module: any module holding a 2-D parameter ``name``, or a ``Conv1d/2d/3d``.
@@ -104,7 +137,6 @@ def constrain(
         **options: options of the constraint (see :func:`constraint_options` and the
             classes): ``estimator``, ``n_power_iterations``, ``eps``, ``gamma_min``,
             ``gamma_max``, ``gamma``, ``r``, ``map``, ``rebase_every``.
-        kind: deprecated spelling of ``constraint`` (a ``FutureWarning``).
 
     Returns:
         ``module`` itself, now parametrized (``constraint="none"`` leaves it untouched).
@@ -114,30 +146,18 @@ def constrain(
     Raises:
         ValueError: unknown constraint or option, bad option value, blocks not dividing the
             rows, non-square blocks.
-        TypeError: both ``constraint`` and ``kind`` given.
 
     >>> lin = constrain(nn.Linear(4, 4, bias=False), constraint="spectral")
     >>> round(torch.linalg.matrix_norm(lin.weight, 2).item(), 4)
     1.0
     """
-    if kind is not None:
-        if constraint is not None:
-            raise TypeError(f"give constraint= only (kind= is its deprecated spelling), got "
-                            f"constraint={constraint!r} and kind={kind!r}")  # fmt: skip
-        warnings.warn(
-            "constrain(..., kind=...) is deprecated: spell it constraint=..., as on the layers",
-            FutureWarning,
-            stacklevel=2,
-        )
-        constraint = kind
-    kind = "spectral" if constraint is None else constraint
+    kind = constraint
     what = type(module).__name__
     if isinstance(module, CONV_TYPES):
-        check_constraint(kind)
         if blocks != 1 or gates is not None:
             raise ValueError(f"blocks and gates do not apply to {what}, got blocks={blocks!r}, "
                              f"gates={gates!r}")  # fmt: skip
-        return constrain_conv(module, name, kind, **options)
+        return _constrain_conv(module, name, kind, options)
     if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
         raise ValueError(f"constraint {kind!r}: {what} is not supported (Conv1d/2d/3d are)")
     check_constraint(kind, options)
@@ -181,6 +201,31 @@ def constrain(
         param = GateSubset(inner, blocks, chosen)
     parametrize.register_parametrization(module, name, param)
     return module
+
+
+def _constrain_conv(conv: nn.Module, name: str, kind: str, options: dict[str, Any]) -> nn.Module:
+    """Register constraint ``kind`` (a cap on the operator norm) on the kernel of ``conv``.
+
+    Raises:
+        ValueError: ``name`` is not ``"weight"``, ``kind`` does not apply to a convolution,
+            unknown options, or a geometry without a bound (e.g. reflect padding).
+    """
+    geometry = ConvGeometry.of(conv)
+    what = type(conv).__name__
+    if name != "weight":
+        raise ValueError(f"only the kernel 'weight' of a {what} can be constrained, got {name!r}")
+    cls = _class_of(kind, what)
+    if cls is None:
+        return conv
+    check_options(cls, kind, options, f" on {what}")
+    W = conv.weight
+    param = cls(geometry, **options).to(device=W.device)
+    try:
+        param.check(W)
+    except ValueError as err:
+        raise ValueError(f"constraint {kind!r} on {what}: {err}") from None
+    parametrize.register_parametrization(conv, name, param)
+    return conv
 
 
 def is_constrained(module: nn.Module, name: str = "weight") -> bool:

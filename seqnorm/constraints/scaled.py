@@ -7,8 +7,8 @@ from typing import Any
 from torch import Tensor, nn
 
 from .cap import Cap
+from .gamma import bounded_scale, check_gamma_range, initial_scale_raw
 from .norm import SigmaNorm
-from .scale import bounded_scale, check_gamma_range, initial_scale_raw
 
 __all__ = ["Scaled", "ScaledCap"]
 

@@ -25,16 +25,14 @@ working directory (:mod:`seqnorm.data.paths`).
 from seqnorm.data.adding import ADDING_BASELINE, AddingDataModule, AddingDataset
 from seqnorm.data.base import SequenceDataModule, SyntheticDataModule
 from seqnorm.data.copy import CopyMemoryDataModule, CopyMemoryDataset, copy_baseline
+from seqnorm.data.idx import read_idx
 from seqnorm.data.mnist import (
     MNISTSequenceDataset,
     PermutedMNISTDataModule,
     SequentialMNISTDataModule,
-    default_mnist_dir,
-    load_mnist,
     mnist_permutation,
-    prepare_mnist,
-    read_idx,
 )
+from seqnorm.data.mnist_files import default_mnist_dir, load_mnist, prepare_mnist
 from seqnorm.data.paths import DATA_ENV, data_dir_candidates, resolve_data_dir
 
 __all__ = [

@@ -23,7 +23,6 @@ exactly the same data, and the train, val and test splits never share a stream.
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 from torch import Tensor
@@ -126,10 +125,8 @@ class CopyMemoryDataModule(SyntheticDataModule):
         output_kind: ``"per_step_class"``.
         num_classes: 9 (blank plus eight symbols).
         input_len: the full input length ``T + 20``.
-        delay: ``T``.
-        seq_len: deprecated: reads ``T + 20`` with a ``FutureWarning``, and will mean ``T``
-            (the constructor's ``seq_len``, as :class:`CopyMemoryDataset` has it); read
-            ``input_len`` or ``delay``.
+        seq_len: ``T``, the constructor's ``seq_len`` (as :class:`CopyMemoryDataset` has it).
+        delay: ``T`` too.
         baseline: ``10 ln 8 / (T + 20)``, the memoryless cross-entropy.
     """
 
@@ -150,21 +147,9 @@ class CopyMemoryDataModule(SyntheticDataModule):
     ) -> None:
         delay = check_int("seq_len", seq_len, 1)
         super().__init__(batch_size, num_train, num_val, num_test, seed, num_workers)
-        self.delay = delay
+        self.seq_len = self.delay = delay
         self.input_len = delay + 2 * COPY_LENGTH
         self.baseline = copy_baseline(delay)
-
-    @property
-    def seq_len(self) -> int:
-        """Deprecated: the input length ``T + 20`` (read ``input_len``; ``delay`` is ``T``)."""
-        warnings.warn(
-            f"CopyMemoryDataModule.seq_len reads the input length T + 20 = {self.input_len}, "
-            f"not the seq_len T = {self.delay} it was built with, and will mean T: read "
-            "input_len (T + 20) or delay (T)",
-            FutureWarning,
-            stacklevel=2,
-        )
-        return self.input_len
 
     def make_dataset(self, size: int, split: str) -> CopyMemoryDataset:
         return CopyMemoryDataset(self.delay, size, self.seed, split)

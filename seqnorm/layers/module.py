@@ -8,7 +8,6 @@ unit with no suffix (``weight_ih``, ``weight_hh``, ...). Both are built here, th
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from typing import Any, ClassVar, TypeVar
 
@@ -155,18 +154,6 @@ class RecurrentModule(nn.Module):
     def num_gates(self) -> int:
         """Number of gate blocks stacked in each ``weight_hh`` (1, 3 or 4)."""
         return self.spec.num_gates
-
-    @property
-    def gates(self) -> int:
-        """Deprecated: the number of gate blocks, now :attr:`num_gates` (``gates`` in
-        :func:`~seqnorm.constrain` is a tuple of gate indices, not a count)."""
-        warnings.warn(
-            f"{type(self).__name__}.gates is deprecated (it is a count, while constrain()'s "
-            f"gates= are indices): use .num_gates",
-            FutureWarning,
-            stacklevel=2,
-        )
-        return self.num_gates
 
     @property
     def gate_names(self) -> tuple[str, ...]:

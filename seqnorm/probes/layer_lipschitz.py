@@ -40,7 +40,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..constraints import CONV_TYPES, ConvGeometry, conv_operator_norm
+from ..constraints.conv import CONV_TYPES, ConvGeometry, conv_operator_norm
 from ..layers import RecurrentLayer
 from .pool_lipschitz import POOL_LAYERS, pool_lipschitz
 

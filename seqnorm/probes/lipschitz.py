@@ -33,8 +33,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from ..constraints import CONV_TYPES, spatial_dims
-from ..constraints.conv_geometry import spatial_shape
+from ..constraints.conv import CONV_TYPES, spatial_dims, spatial_shape
 from ..linalg import check_int, compute_dtype
 from .common import jacobian_sigma_max, preserved_buffers
 from .layer_lipschitz import BOUNDED_LAYERS, REFUSED_LAYERS, layer_lipschitz

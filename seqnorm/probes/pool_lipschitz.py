@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..constraints import ConvGeometry, conv_operator_norm, spatial_dims
+from ..constraints.conv import ConvGeometry, conv_operator_norm, spatial_dims
 
 __all__ = ["POOL_LAYERS", "pool_lipschitz"]
 

@@ -1,4 +1,4 @@
-"""The caps shared by the norm constraints: a fixed ``gamma`` and a learnable, bounded one."""
+"""The caps' ``gamma``: a fixed one (``bound``), a learnable one held in a range (``scaled``)."""
 
 from __future__ import annotations
 

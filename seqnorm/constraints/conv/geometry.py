@@ -2,7 +2,7 @@
 
 :class:`ConvGeometry` holds everything but the weight that fixes a ``Conv1d/2d/3d``'s linear
 map. :func:`stride_one_kernel` rewrites the kernel so that the convolution's norm is that of
-a stride-1 convolution, whose Fourier symbol :mod:`seqnorm.constraints.conv_norm` bounds:
+a stride-1 convolution, whose Fourier symbol :mod:`seqnorm.constraints.conv.operator_norm` bounds:
 
 * a stride is exact through the polyphase identity: a stride-``s`` convolution is a stride-1
   convolution of the ``s**d`` interleaved sub-grids of the input (``c_in * s**d`` channels)

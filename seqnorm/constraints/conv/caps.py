@@ -2,11 +2,11 @@
 
 The cap applies to the convolution's operator norm (the most it stretches an input, with
 its padding, stride, dilation and groups), through the certified upper bound of
-:func:`~seqnorm.constraints.conv_norm.conv_operator_norm`. Because that ``sigma`` is an upper
-bound recomputed from the current kernel at every forward (training and eval), the true
-operator norm never exceeds the cap. The bound is tight: for ``spectral`` the true norm ends
-within a few percent of 1 on ordinary layers and inputs (measured in ``tests/`` and the
-README; the gap grows for tiny inputs with large dilation).
+:func:`~seqnorm.constraints.conv.operator_norm.conv_operator_norm`. Because that ``sigma``
+is an upper bound recomputed from the current kernel at every forward (training and eval),
+the true operator norm never exceeds the cap. The bound is tight: for ``spectral`` the true
+norm ends within a few percent of 1 on ordinary layers and inputs (measured in ``tests/``
+and the README; the gap grows for tiny inputs with large dilation).
 
 ``norm="reshaped"`` divides by the largest singular value of the kernel reshaped to a
 matrix instead (``torch.nn.utils.spectral_norm``'s choice). That is **not** the operator
@@ -21,29 +21,18 @@ small complex matrix product each.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
-from torch import Tensor, nn
-from torch.nn.utils import parametrize
+from torch import Tensor
 
-from .bound import BoundCap
-from .cap import Cap, check_options, options_of
-from .conv_geometry import ConvGeometry, spatial_shape
-from .conv_norm import conv_operator_norm, reshaped_kernel_norm, symbol_peak
-from .scaled import ScaledCap
-from .spectral import SpectralCap
+from ..bound import BoundCap
+from ..cap import Cap
+from ..scaled import ScaledCap
+from ..spectral import SpectralCap
+from .geometry import ConvGeometry, spatial_shape
+from .operator_norm import conv_operator_norm, reshaped_kernel_norm, symbol_peak
 
-__all__ = [
-    "CONV_CONSTRAINTS",
-    "CONV_NORMS",
-    "ConvBound",
-    "ConvNorm",
-    "ConvScaled",
-    "ConvSpectral",
-    "conv_constraint_options",
-    "constrain_conv",
-]
+__all__ = ["CONV_NORMS", "ConvBound", "ConvNorm", "ConvScaled", "ConvSpectral"]
 
 #: Accepted values of the ``norm`` option.
 CONV_NORMS = ("operator", "reshaped")
@@ -183,56 +172,3 @@ class ConvScaled(ScaledCap, ConvNorm):
         gamma_max: largest scale (the cap).
         norm, input_shape, slack, eps: as :class:`ConvNorm`.
     """
-
-
-#: The constraint kinds a convolution accepts.
-CONV_CONSTRAINTS: dict[str, type[ConvNorm]] = {
-    "spectral": ConvSpectral,
-    "scaled": ConvScaled,
-    "bound": ConvBound,
-}
-
-
-def conv_constraint_options(kind: str) -> dict[str, Any]:
-    """The options of convolution constraint ``kind`` and their defaults (its signature).
-
-    >>> conv_constraint_options("bound")
-    {'gamma': 1.0, 'norm': 'operator', 'input_shape': None, 'slack': 0.01, 'eps': 1e-12}
-    """
-    if kind not in CONV_CONSTRAINTS:
-        raise ValueError(
-            f"constraint {kind!r} does not apply to a convolution; "
-            f"choose one of {sorted(CONV_CONSTRAINTS)}"
-        )
-    return options_of(CONV_CONSTRAINTS[kind])
-
-
-def constrain_conv(conv: nn.Module, name: str, kind: str, **options: Any) -> nn.Module:
-    """Register convolution constraint ``kind`` on ``conv.<name>`` (the kernel).
-
-    Called by :func:`~seqnorm.constraints.registry.constrain` for a ``Conv1d/2d/3d``.
-
-    Raises:
-        ValueError: ``name`` is not ``"weight"``, ``kind`` does not apply to a convolution,
-            unknown options, or a geometry without a bound (e.g. reflect padding).
-    """
-    geometry = ConvGeometry.of(conv)
-    what = type(conv).__name__
-    if name != "weight":
-        raise ValueError(f"only the kernel 'weight' of a {what} can be constrained, got {name!r}")
-    if kind == "none":
-        return conv
-    if kind not in CONV_CONSTRAINTS:
-        raise ValueError(
-            f"constraint {kind!r} does not apply to {what} (its operator norm is not a matrix's "
-            f"singular values); a convolution takes {sorted(CONV_CONSTRAINTS)}"
-        )
-    check_options(CONV_CONSTRAINTS[kind], kind, options, f" on {what}")
-    W = conv.weight
-    param = CONV_CONSTRAINTS[kind](geometry, **options).to(device=W.device)
-    try:
-        param.check(W)
-    except ValueError as err:
-        raise ValueError(f"constraint {kind!r} on {what}: {err}") from None
-    parametrize.register_parametrization(conv, name, param)
-    return conv

@@ -2,7 +2,7 @@
 
 :func:`conv_power_norm` runs the power iteration through ``conv`` and its adjoint
 ``conv_transpose``: a lower bound that converges to the true operator norm, for measuring
-how tight the certified upper bounds of :mod:`seqnorm.constraints.conv_norm` are.
+how tight the certified upper bounds of :mod:`seqnorm.constraints.conv.operator_norm` are.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..linalg import compute_dtype
-from .conv_geometry import ConvGeometry, check_weight, spatial_shape
+from ...linalg import compute_dtype
+from .geometry import ConvGeometry, check_weight, spatial_shape
 
 __all__ = ["conv_power_norm"]
 

@@ -22,11 +22,11 @@ number can be several times smaller or larger. Both are computed here:
     an upper bound, tighter than the size-free one.
 
   Stride, dilation, groups and padding are reduced to a stride-1 kernel first
-  (:mod:`seqnorm.constraints.conv_geometry`).
+  (:mod:`seqnorm.constraints.conv.geometry`).
 
 * :func:`reshaped_kernel_norm` -- the largest singular value of the reshaped kernel.
 
-* :func:`~seqnorm.constraints.conv_power.conv_power_norm` (in its own module) -- the
+* :func:`~seqnorm.constraints.conv.power.conv_power_norm` (in its own module) -- the
   operator norm at one input size by power iteration through ``conv`` and
   ``conv_transpose``: a lower bound that converges to the true value, for measuring how
   tight the bounds are.
@@ -36,9 +36,9 @@ frequency evaluated, about ``(22 sum_j n_j)**d / 2`` of them (slack 1%) when the
 flat across frequencies, as it is for random kernels; fewer when it peaks. With
 ``input_shape`` the count is the padded input's size (``N**d / 2``). A larger ``slack``
 buys speed with tightness. An unchanged kernel is not
-searched again by the constraints (see :mod:`seqnorm.constraints.conv`).
+searched again by the constraints (see :mod:`seqnorm.constraints.conv.caps`).
 
-Guarantees by padding mode: see :mod:`seqnorm.constraints.conv_geometry`.
+Guarantees by padding mode: see :mod:`seqnorm.constraints.conv.geometry`.
 """
 
 from __future__ import annotations
@@ -49,9 +49,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..linalg import compute_dtype, top_singular_vectors
-from .conv_geometry import ConvGeometry, check_weight, fold, spatial_shape, stride_one_kernel
-from .top_sigma import top_sigma
+from ...linalg import compute_dtype, top_singular_vectors
+from ..top_sigma import top_sigma
+from .geometry import ConvGeometry, check_weight, fold, spatial_shape, stride_one_kernel
 
 __all__ = [
     "conv_operator_norm",
@@ -247,7 +247,7 @@ def conv_operator_norm(
     True
     >>> float(conv_operator_norm(w, g, input_shape=8))  # length 8: exact circulant bound
     2.0
-    >>> from seqnorm.constraints.conv_power import conv_power_norm
+    >>> from seqnorm.constraints.conv.power import conv_power_norm
     >>> round(float(conv_power_norm(w, g, input_shape=8)), 4)  # the true norm, 2 cos(pi/16)
     1.9616
     """
