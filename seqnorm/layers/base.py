@@ -12,6 +12,7 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence
 
 from .. import native
+from ..steps import State
 from . import export, paths
 from .args import (
     InputError,
@@ -23,7 +24,6 @@ from .args import (
 )
 from .module import RecurrentModule
 from .spec import CellSpec
-from .steps import State
 
 __all__ = ["RecurrentLayer"]
 
@@ -344,7 +344,7 @@ def _native_ok(spec: CellSpec, x: Tensor) -> bool:
         return False
     if autocast_enabled(x):  # mixed precision: torch's kernels, which autocast knows
         return False
-    if spec.native is None or spec.native not in native.MODES:
+    if spec.mode not in native.MODES:
         return False
     chosen = native.backend()
     return chosen.name == "native" and (spec.native_by_default or chosen.forced)

@@ -8,9 +8,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.nn.utils import parametrize
 
+from ..steps import State
 from .args import InputError, autocast_enabled, mode_of
 from .module import RecurrentModule
-from .steps import State
 
 __all__ = ["RecurrentCell", "SpectralGRUCell", "SpectralLSTMCell", "SpectralRNNCell"]
 

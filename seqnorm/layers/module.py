@@ -17,13 +17,13 @@ from torch import Tensor, nn
 
 from ..constraints import constrain
 from ..linalg import as_blocks
+from ..steps import Unit
 from . import export, serialize
 from .args import check_flag, check_recurrent_init, check_size, gate_indices
 from .convert import load_from_torch, load_plain_weights, torch_twin
 from .init import chrono_init_, init_recurrent_
 from .projection import constrain_projected
 from .spec import CellSpec, spec_of
-from .steps import Unit
 
 __all__ = ["RecurrentModule"]
 

@@ -23,8 +23,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from ..steps import State, Unit
 from .spec import CellSpec
-from .steps import State, Unit
 
 __all__ = ["Layout", "fused", "fused_sequence", "native", "unrolled"]
 
@@ -206,7 +206,7 @@ def native(
             s0: State = (hx[0][j], hx[1][j]) if lstm else hx[j]
             extra = u.extras[0] if u.extras else None  # modReLU's bias or W_hr
             # the input projection of all steps is one GEMM inside the op
-            out, final = sequence(layout.spec.native, layer_in, u.w_ih, u.b_ih, s0, u.w_hh,
+            out, final = sequence(layout.spec.mode, layer_in, u.w_ih, u.b_ih, s0, u.w_hh,
                                   u.b_hh, extra, batch_sizes, d == 1)  # fmt: skip
             outs.append(out)  # (N, R)
             finals.append(final)  # (B, R), or ((B, R), (B, H))
