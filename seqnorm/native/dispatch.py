@@ -78,8 +78,9 @@ def sequence(
     """:func:`recurrence` with the input projection inside the op: ``gi = x @ w_ih^T + b_ih``
     for all steps as one GEMM into reused memory (``gi`` is not kept for the backward, and
     ``dx``, ``dw_ih``, ``db_ih`` come back as one GEMM or reduction each); for an input of at
-    most 64 features, per step into a buffer that stays in cache (its gradients taken per
-    step too), so that the ``N x G*H`` projections never travel through main memory.
+    most 16 features (``kStepInput`` in ``csrc/input.h``), per step into a buffer that stays
+    in cache (its gradients taken per step too), so that the ``N x G*H`` projections never
+    travel through main memory.
 
     Args:
         x: the unit's input ``(N, I)``, packed like ``gi``; with ``w_ih=None``, ``gi`` itself.
