@@ -99,6 +99,11 @@ class CellSpec:
         return len(self.gate_names)
 
     @property
+    def has_projection(self) -> bool:
+        """Whether the cell takes ``proj_size`` (an extra that units have ``when="proj_size"``)."""
+        return any(e.when == "proj_size" for e in self.extras)
+
+    @property
     def has_torch_twin(self) -> bool:
         """Whether torch has a module computing the same (``to_torch`` can convert)."""
         return self.torch_kernel is not None

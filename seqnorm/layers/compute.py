@@ -1,11 +1,16 @@
-"""The two ways a sequence layer runs: torch's fused kernels, and the unrolled step loop.
+"""How a sequence layer computes its forward: the compute paths it chooses between.
 
-Both take the weights of every (layer, direction) *unit* in torch's flat order
+* :func:`fused`: torch's fused kernels (:func:`fused_sequence`: the spec's own
+  whole-sequence kernel, for a cell type torch has none for);
+* :func:`unrolled`: the step equations, one time step at a time;
+* :func:`native`: seqnorm's native CPU kernels.
+
+Each takes the weights of every (layer, direction) *unit* in torch's flat order
 (``weight_ih, weight_hh[, bias_ih, bias_hh][, weight_hr]`` for ``l0``, ``l0_reverse``,
-``l1``, ...) and the initial state ``(num_layers * num_directions, B, ·)``, and return the
+``l1``, ...) and the initial state ``(num_layers * num_directions, B, ·)``, and returns the
 output and the final state in torch's layout.
 
-The unrolled path works on *packed* data: ``data`` ``(N, I)`` holds the sequences' time
+The unrolled and native paths work on *packed* data: ``data`` ``(N, I)`` holds the sequences' time
 steps one after the other, ``batch_sizes[t]`` of them at step ``t`` (the longest sequences
 first, as :class:`torch.nn.utils.rnn.PackedSequence` stores them); a padded batch
 ``(T, B, I)`` is the case ``batch_sizes = [B] * T``. At step ``t`` only the first
