@@ -69,6 +69,16 @@ def reading(module: nn.Module) -> Iterator[None]:
         yield
 
 
+def _built_like(cls: type[nn.Module], source: nn.Module, names: tuple[str, ...],
+                **kwargs: Any) -> nn.Module:  # fmt: skip
+    """A ``cls`` given ``source``'s arguments ``names``, device and dtype (and ``kwargs``),
+    built under :func:`no_global_rng`."""
+    ref = _reference(source)
+    args = {a: getattr(source, a) for a in names}
+    with no_global_rng(ref.device):
+        return cls(**args, device=ref.device, dtype=ref.dtype, **kwargs)
+
+
 @torch.no_grad()
 def set_weight(module: nn.Module, name: str, value: Tensor) -> None:
     """Set ``module.<name>`` to ``value`` (a plain matrix), through its constraint if any.
@@ -100,10 +110,7 @@ def torch_twin(module: nn.Module) -> nn.Module:
             f"{base_class(module).__name__} with nonlinearity='modrelu' has no torch equivalent "
             f"(torch's RNNs know tanh and relu only)"
         )
-    ref = _reference(module)
-    args = {a: getattr(module, a) for a in module.torch_args}
-    with no_global_rng(ref.device):
-        twin = module.torch_class(**args, device=ref.device, dtype=ref.dtype)
+    twin = _built_like(module.torch_class, module, module.torch_args)
     with reading(module):
         for name in module._flat_weights_names:
             getattr(twin, name).copy_(getattr(module, name))
@@ -122,10 +129,7 @@ def load_from_torch(cls: type[nn.Module], module: nn.Module, **kwargs: Any) -> n
             f"{cls.__name__}.from_torch takes a {cls.torch_class.__module__}."
             f"{cls.torch_class.__name__}, got {type(module).__name__}"
         )
-    ref = _reference(module)
-    args = {a: getattr(module, a) for a in cls.torch_args}
-    with no_global_rng(ref.device):
-        out = cls(**args, device=ref.device, dtype=ref.dtype, **kwargs)
+    out = _built_like(cls, module, cls.torch_args, **kwargs)
     for name in out._flat_weights_names:
         set_weight(out, name, getattr(module, name).detach().clone())
     return out.train(module.training)
