@@ -7,7 +7,8 @@ import torch
 from torch import Tensor
 from torch.autograd import gradcheck, gradgradcheck
 
-from seqnorm.layers.modrelu import modrelu, modrelu_rnn, modrelu_step
+from seqnorm.layers.modrelu import modrelu_rnn
+from seqnorm.steps import modrelu, modrelu_step
 
 # ------------------------------------------------------------------------------- helpers
 

@@ -259,21 +259,21 @@ def test_env_var_chooses_the_backend():
 
 def test_set_backend_switches_layers():
     from seqnorm import SpectralGRU
-    from seqnorm.layers import paths
+    from seqnorm.layers import compute
 
     gru = SpectralGRU(2, 3)
     x = torch.randn(4, 2, 2)
     calls = []
-    real = paths.native
+    real = compute.native
     try:
-        paths.native = lambda *a: calls.append(1) or real(*a)
+        compute.native = lambda *a: calls.append(1) or real(*a)
         native.set_backend("torch")
         assert native.backend().name == "torch"
         a = gru(x)[0]
         native.set_backend("native")
         b = gru(x)[0]
     finally:
-        paths.native = real
+        compute.native = real
         native.set_backend(None)
     assert calls == [1]
     torch.testing.assert_close(a, b)

@@ -1,22 +1,28 @@
-"""The native LSTM kernel (seqnorm.native.lstm) against a plain loop of STEPS["lstm"] and
-against torch's own LSTM: outputs, final states and every gradient, with and without
-proj_size, forward and reverse, padded and packed, float32 and float64."""
+"""The native LSTM kernel (seqnorm.native.lstm) against a plain loop of its step equation
+(seqnorm.steps.lstm_step) and against torch's own LSTM: outputs, final states and every
+gradient, with and without proj_size, forward and reverse, padded and packed, float32 and
+float64."""
 
 from __future__ import annotations
+
+import functools
 
 import pytest
 import torch
 from torch import _VF
 
-from seqnorm.native import lstm as native_lstm
+from seqnorm import native
 from seqnorm.native.build import NativeUnavailable, load_library
+from seqnorm.native.reference import reference
+from seqnorm.steps import lstm_step
 
 try:
     load_library()
 except NativeUnavailable as e:  # pragma: no cover - depends on the machine
     pytest.skip(f"native kernels unavailable: {e}", allow_module_level=True)
 
-lstm_recurrence, lstm_reference = native_lstm.lstm_recurrence, native_lstm.lstm_reference
+lstm_recurrence = functools.partial(native.recurrence, "lstm")  # the kernel
+lstm_reference = functools.partial(reference, lstm_step)  # the step loop
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-10, atol=1e-10)}
 
 
@@ -116,8 +122,6 @@ def test_matches_torch_vf_lstm(proj, dtype):
 def test_projection_inside_the_op(proj, reverse, dtype, I):
     """native.sequence with x and w_ih (the projection in the op) = the step loop on
     F.linear(x, w_ih, b_ih): outputs, states and the gradients of x, w_ih and b_ih too."""
-    from seqnorm import native
-
     args, bs = make(SIZES["packed"], 5, proj, dtype)
     g = torch.Generator().manual_seed(5)
     x = torch.randn(args["gi"].shape[0], I, generator=g, dtype=dtype).requires_grad_()
@@ -188,10 +192,10 @@ def test_no_grad_and_bad_input():
     with torch.no_grad():
         out, (h, c) = run(lstm_recurrence, args, bs, False)
     assert out.shape == (4, 4) and h.shape == (2, 4) and c.shape == (2, 4)
-    with pytest.raises(ValueError, match="w_hh must be"):
+    with pytest.raises(RuntimeError, match="w_hh must be"):
         lstm_recurrence(args["gi"], (args["h0"], args["c0"]), args["w_hh"][:4], None, None, bs,
                         False)  # fmt: skip
-    with pytest.raises(ValueError, match="batch_sizes must be a CPU int64"):
+    with pytest.raises(RuntimeError, match="batch_sizes must be a 1-D CPU int64"):
         lstm_recurrence(args["gi"], (args["h0"], args["c0"]), args["w_hh"], None, None,
                         bs.int(), False)  # fmt: skip
     with pytest.raises(RuntimeError, match="non-increasing"):

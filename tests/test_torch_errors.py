@@ -403,7 +403,7 @@ def test_documented_differences():
 def test_compile_has_no_graph_break_in_the_checks(constraint):
     """A cell step loop and the unrolled layer forward trace whole under ``torch.compile``
     (the input checks included); the fused path's only break is the one it makes on purpose
-    around torch's kernel (``paths._eager_when_compiled``)."""
+    around torch's kernel (``compute._eager_when_compiled``)."""
     import torch._dynamo as dynamo  # seconds to import: only here
 
     cell = seqnorm.SpectralLSTMCell(3, 4, constraint=constraint)
@@ -424,6 +424,6 @@ def test_compile_has_no_graph_break_in_the_checks(constraint):
         explained = dynamo.explain(fn)(*args)
         where = {f.filename for r in explained.break_reasons for f in r.user_stack[-1:]}
         if unroll is False:  # the fused path: torch's kernel runs outside the graph
-            assert {os.path.basename(f) for f in where} <= {"paths.py"}, explained.break_reasons
+            assert {os.path.basename(f) for f in where} <= {"compute.py"}, explained.break_reasons
         else:
             assert explained.graph_break_count == 0, explained.break_reasons

@@ -18,9 +18,9 @@ Two paths compute the same thing:
   ``Spectral*Cell`` use the same step functions.
 """
 
-from .args import InputError
-from .base import RecurrentLayer
 from .cells import RecurrentCell, SpectralGRUCell, SpectralLSTMCell, SpectralRNNCell
+from .checks import InputError
+from .layer import RecurrentLayer
 from .module import RecurrentModule
 from .sequence import SpectralGRU, SpectralLSTM, SpectralRNN
 

@@ -8,9 +8,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.nn.utils import parametrize
 
-from .args import InputError, autocast_enabled, mode_of
+from ..steps import State
+from .checks import InputError, autocast_enabled, mode_of
 from .module import RecurrentModule
-from .steps import State
 
 __all__ = ["RecurrentCell", "SpectralGRUCell", "SpectralLSTMCell", "SpectralRNNCell"]
 
@@ -26,6 +26,7 @@ class RecurrentCell(RecurrentModule):
     """
 
     min_size = 0
+    torch_args = ("input_size", "hidden_size", "bias")
 
     def _units(self) -> list[tuple[str, int]]:
         return [("", self.input_size)]
@@ -153,6 +154,7 @@ class SpectralRNNCell(RecurrentCell):
     """
 
     torch_class = nn.RNNCell
+    torch_args = (*RecurrentCell.torch_args, "nonlinearity")
 
     def __init__(
         self,

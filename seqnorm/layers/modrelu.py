@@ -1,20 +1,14 @@
-"""The modReLU nonlinearity and a whole-sequence modReLU RNN with a hand-written backward.
+"""The modReLU RNN over a whole sequence, one autograd Function with a hand-written backward.
 
-modReLU (Arjovsky, Shah & Bengio 2016, used by scoRNN and expRNN) shrinks or grows the
-magnitude of each unit by a learnt bias ``b`` and keeps its sign::
+The step is ``h_t = modrelu(gi_t + h_{t-1} @ W_hh^T + b_hh, b)`` with ``modrelu(z, b) =
+sign(z) * relu(|z| + b)`` and the input projection ``gi_t = x_t @ W_ih^T + b_ih``
+precomputed for the whole sequence by the caller. The nonlinearity and the step in plain
+autograd ops (:func:`modrelu`, :func:`modrelu_step`) live with the other step equations in
+:mod:`seqnorm.steps` and are handed on here, beside the kernel they define.
 
-    modrelu(z, b) = sign(z) * relu(|z| + b)
-
-The RNN step is ``h_t = modrelu(gi_t + h_{t-1} @ W_hh^T + b_hh, b)`` with the input
-projection ``gi_t = x_t @ W_ih^T + b_ih`` precomputed for the whole sequence by the caller.
-
-:func:`modrelu_step` is that step in plain autograd ops (the cells and the unrolled path use
-it); :func:`modrelu_rnn` runs the whole sequence as one ``torch.autograd.Function`` whose
-backward is one reverse loop for ``dL/dh`` and a single matmul for ``dL/dW_hh``.
-
->>> import torch
->>> modrelu(torch.tensor([-2.0, 0.5, 0.5, 2.0]), torch.tensor([-1.0, -1.0, 1.0, 1.0])).tolist()
-[-1.0, 0.0, 1.5, 3.0]
+:func:`modrelu_rnn` runs the whole sequence as one ``torch.autograd.Function`` whose
+backward is one reverse loop for ``dL/dh`` and a single matmul for ``dL/dW_hh``: the torch
+path's kernel for modReLU, which torch has none of.
 """
 
 from __future__ import annotations
@@ -25,52 +19,9 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from ..steps import modrelu, modrelu_step
+
 __all__ = ["modrelu", "modrelu_rnn", "modrelu_step"]
-
-
-def _check_bias(bias: Tensor, hidden_size: int) -> None:
-    if bias.dim() != 1 or bias.shape[0] != hidden_size:
-        raise ValueError(
-            f"bias must have shape ({hidden_size},) (one per hidden unit), got {tuple(bias.shape)}"
-        )
-
-
-def modrelu(z: Tensor, bias: Tensor) -> Tensor:
-    """``sign(z) * relu(|z| + bias)``, elementwise; ``bias`` broadcasts over the last dim.
-
-    Plain autograd ops, so it is differentiable (twice: the second derivative is zero where
-    it exists). Its derivative is ``1`` in ``z`` and ``sign(z)`` in ``bias`` where
-    ``|z| + bias > 0`` and ``z != 0``, and ``0`` elsewhere.
-
-    Args:
-        z: pre-activations ``(..., H)``.
-        bias: one bias per unit ``(H,)``.
-
-    Returns:
-        ``(..., H)``, the same shape as ``z``.
-    """
-    _check_bias(bias, z.shape[-1])
-    return torch.sign(z) * torch.relu(torch.abs(z) + bias)  # (..., H)
-
-
-def modrelu_step(gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None, bias: Tensor) -> Tensor:
-    """One modReLU RNN step in plain autograd ops: ``modrelu(gi + h @ w_hh^T + b_hh, bias)``.
-
-    The additions are done in the order :func:`modrelu_rnn` does them, so a loop of this
-    step and :func:`modrelu_rnn` agree to rounding.
-
-    Args:
-        gi: the input projection of this step ``(B, H)``.
-        h: the previous hidden state ``(B, H)``.
-        w_hh: the recurrent matrix ``(H, H)``.
-        b_hh: the recurrent bias ``(H,)`` or ``None``.
-        bias: modReLU's bias ``(H,)``.
-
-    Returns:
-        The next hidden state ``(B, H)``.
-    """
-    z = torch.addmm(gi if b_hh is None else gi + b_hh, h, w_hh.t())  # (B, H)
-    return modrelu(z, bias)  # (B, H)
 
 
 class _ModReLURNN(torch.autograd.Function):

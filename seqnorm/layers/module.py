@@ -1,8 +1,10 @@
-"""The one constructor of the layers and the cells: parameters, initialisation, constraints.
+"""The base class of the layers and the cells: parameters, initialisation, constraints.
 
 A layer holds one *unit* of weights per (stacked layer, direction), named as torch names
 them (``weight_ih_l0``, ``weight_hh_l0_reverse``, ``weight_hr_l1``, ...); a cell holds one
 unit with no suffix (``weight_ih``, ``weight_hh``, ...). Both are built here, the same way.
+The base class knows none of its subclasses: each declares its torch class and its
+constructor arguments, and registers itself (:mod:`.registry`) for conversion and pickling.
 """
 
 from __future__ import annotations
@@ -16,13 +18,13 @@ from torch import Tensor, nn
 
 from ..constraints import constrain
 from ..linalg import as_blocks
-from . import export, serialize
-from .args import check_flag, check_recurrent_init, check_size, gate_indices
-from .convert import load_from_torch, load_plain_weights, torch_twin
+from ..steps import Unit
+from . import export, registry, serialize
+from .checks import check_flag, check_proj_size, check_recurrent_init, check_size, gate_indices
 from .init import chrono_init_, init_recurrent_
 from .projection import constrain_projected
 from .spec import CellSpec, spec_of
-from .steps import Unit
+from .weights import load_from_torch, load_plain_weights, torch_twin
 
 __all__ = ["RecurrentModule"]
 
@@ -57,11 +59,31 @@ class RecurrentModule(nn.Module):
     """
 
     #: The torch module with the same arguments and parameters (``nn.GRU``, ``nn.GRUCell``...).
+    #: A subclass that declares it is registered as that module's stand-in (:mod:`.registry`).
     torch_class: ClassVar[type[nn.Module]]
+    #: The constructor arguments that :attr:`torch_class` takes too, in torch's order; both
+    #: modules keep each as an attribute of that name (converting reads them off one module
+    #: and gives them to the other).
+    torch_args: ClassVar[tuple[str, ...]] = ()
+    #: The constructor arguments seqnorm adds to torch's.
+    seqnorm_args: ClassVar[tuple[str, ...]] = (
+        "constraint", "constraint_options", "init", "chrono_init", "constrained_gates",
+    )  # fmt: skip
     #: Smallest ``input_size``/``hidden_size`` (torch: 1 for a layer, 0 for a cell).
     min_size: ClassVar[int] = 1
     #: ``proj_size`` of an LSTM with projections; 0 otherwise.
     proj_size: int = 0
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "torch_class" in cls.__dict__:
+            registry.register(cls)
+
+    @classmethod
+    def constructor_args(cls) -> tuple[str, ...]:
+        """Every constructor argument (``device`` and ``dtype`` aside), each kept as an
+        attribute of that name: what rebuilds the module (pickling, :mod:`.serialize`)."""
+        return cls.torch_args + cls.seqnorm_args
 
     def __init__(
         self,
@@ -77,19 +99,20 @@ class RecurrentModule(nn.Module):
         chrono_init: int | None = None,
         constrained_gates: Sequence[str] | None = None,
     ) -> None:
+        spec = spec_of(mode)  # the one check of mode: the rest reads the spec
+        check_proj_size(spec, self.proj_size, hidden_size)
         check_size("input_size", input_size, self.min_size)
         check_size("hidden_size", hidden_size, self.min_size)
         check_flag("bias", bias)
         options = dict(constraint_options or {})
-        check_recurrent_init(mode, init, chrono_init, bias, constraint, options)
-        gate_idx = gate_indices(mode, constrained_gates)
+        check_recurrent_init(spec, init, chrono_init, bias, constraint, options)
+        gate_idx = gate_indices(spec, constrained_gates)
         if self.proj_size and init != "torch":
             raise ValueError(
                 f"init={init!r} draws square gate blocks, but with proj_size={self.proj_size} "
                 f"the gate blocks of weight_hh are {hidden_size} x {self.proj_size}: use "
                 f"init='torch'"
             )
-        spec_of(mode)  # an unknown mode fails here
         super().__init__()
         self.register_load_state_dict_post_hook(export.after_load)
         self.mode, self.input_size, self.hidden_size = mode, input_size, hidden_size
@@ -100,10 +123,10 @@ class RecurrentModule(nn.Module):
         self._make_parameters(torch.empty(0, device=device, dtype=dtype))
         if hidden_size == 0:  # a cell with no units: nothing to initialise or constrain
             return
-        G = self.num_gates
+        G = spec.num_gates
         like = torch.empty(0, device=device, dtype=dtype)
         for suffix, _ in self._units():
-            for extra in self.spec.extras:  # parameters seqnorm adds to torch's (modReLU's bias)
+            for extra in spec.extras:  # parameters seqnorm adds to torch's (modReLU's bias)
                 if extra.init is not None:
                     p = nn.Parameter(extra.init(hidden_size, like))
                     self.register_parameter(extra.name + suffix, p)

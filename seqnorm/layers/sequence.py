@@ -1,7 +1,7 @@
 """The sequence layers ``SpectralRNN``, ``SpectralGRU`` and ``SpectralLSTM``.
 
 Each takes torch's arguments in torch's order, then seqnorm's (see
-:class:`~seqnorm.layers.base.RecurrentLayer` for all of them), as ``torch.nn.GRU`` passes
+:class:`~seqnorm.layers.layer.RecurrentLayer` for all of them), as ``torch.nn.GRU`` passes
 its own to ``RNNBase("GRU", ...)``. ``proj_size`` is LSTM-only; ``SpectralRNN`` and
 ``SpectralGRU`` refuse a non-zero one (``ValueError``, as torch) and accept ``0``, so that
 tools which pass every default (LightningCLI) can build them.
@@ -13,8 +13,9 @@ from typing import Any
 
 from torch import nn
 
-from .args import mode_of
-from .base import RecurrentLayer
+from .checks import mode_of
+from .layer import RecurrentLayer
+from .module import RecurrentModule
 
 __all__ = ["SpectralGRU", "SpectralLSTM", "SpectralRNN"]
 
@@ -33,7 +34,7 @@ class SpectralRNN(RecurrentLayer):
             ``dropout``, ``bidirectional``).
         **kwargs: those, ``device``, ``dtype`` and seqnorm's ``constraint``,
             ``constraint_options``, ``init``, ``chrono_init``, ``constrained_gates``; see
-            :class:`~seqnorm.layers.base.RecurrentLayer`.
+            :class:`~seqnorm.layers.layer.RecurrentLayer`.
 
     >>> import torch
     >>> rnn = SpectralRNN(3, 8, constraint="spectral")
@@ -43,6 +44,7 @@ class SpectralRNN(RecurrentLayer):
     """
 
     torch_class = nn.RNN
+    torch_args = (*RecurrentLayer.torch_args, "nonlinearity")
 
     def __init__(
         self,
@@ -63,7 +65,7 @@ class SpectralGRU(RecurrentLayer):
     """GRU (``torch.nn.GRU``) whose three ``H x H`` gate blocks of ``weight_hh_l{k}`` are
     each constrained. Arguments: torch's (``input_size, hidden_size, num_layers, bias,
     batch_first, dropout, bidirectional``, ``device``, ``dtype``) and seqnorm's; see
-    :class:`~seqnorm.layers.base.RecurrentLayer`.
+    :class:`~seqnorm.layers.layer.RecurrentLayer`.
 
     >>> import torch
     >>> gru = SpectralGRU(3, 8, num_layers=2, bidirectional=True)
@@ -83,7 +85,7 @@ class SpectralLSTM(RecurrentLayer):
     each constrained; ``forward`` returns ``(output, (h_n, c_n))``. Arguments: torch's
     (``input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
     proj_size``, ``device``, ``dtype``) and seqnorm's; see
-    :class:`~seqnorm.layers.base.RecurrentLayer`. With ``proj_size`` the constraint acts on
+    :class:`~seqnorm.layers.layer.RecurrentLayer`. With ``proj_size`` the constraint acts on
     each gate's recurrent map ``W_hh^g @ W_hr`` (:mod:`seqnorm.layers.projection`).
 
     >>> import torch
@@ -94,6 +96,8 @@ class SpectralLSTM(RecurrentLayer):
     """
 
     torch_class = nn.LSTM
+    torch_args = (*RecurrentLayer.torch_args, "proj_size")
+    seqnorm_args = RecurrentModule.seqnorm_args
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__("lstm", *args, **kwargs)

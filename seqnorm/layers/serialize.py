@@ -12,10 +12,11 @@ power-iteration vectors, an orthogonal base, the step counter) come back as they
 is imported, so ``torch.load(path)`` with its default ``weights_only=True`` loads a model
 holding seqnorm modules once the user allows their own classes, as for torch's layers.
 It is safe to allow because it calls nothing the data names: the class comes from a fixed
-table of seqnorm's six classes (or is a class the unpickler already allowed, and must
-subclass one of them), every argument is checked to be a known constructor argument with a
-plain value (``None``, ``bool``, ``int``, ``float``, ``str`` or lists, tuples and dicts of
-those), the state must be a mapping of names to tensors and loads with ``strict=True``.
+table of seqnorm's six classes (:mod:`.registry`; or is a class the unpickler already
+allowed, and must subclass one of them), every argument is checked to be one of the class's
+constructor arguments (``constructor_args()``, declared on the class) with a plain value
+(``None``, ``bool``, ``int``, ``float``, ``str`` or lists, tuples and dicts of those), the
+state must be a mapping of names to tensors and loads with ``strict=True``.
 """
 
 from __future__ import annotations
@@ -23,57 +24,32 @@ from __future__ import annotations
 import copy
 import copyreg
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .convert import base_class, no_global_rng
-
-if TYPE_CHECKING:
-    from .module import RecurrentModule
+from . import registry
+from .weights import base_class, no_global_rng
 
 __all__ = ["deepcopy_module", "rebuild", "reduce_module"]
 
-#: seqnorm's arguments, shared by layers and cells.
-SEQNORM_ARGS = ("constraint", "constraint_options", "init", "chrono_init", "constrained_gates")
-LAYER_ARGS = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
-              "bidirectional", "proj_size")  # fmt: skip
-CELL_ARGS = ("input_size", "hidden_size", "bias")
 #: The attributes kept beside the state: what ``rebuild`` accepts in ``extra``.
 EXTRA_KEYS = ("training", "unroll", "frozen")
 
 
-def classes() -> dict[str, type[RecurrentModule]]:
-    """seqnorm's layer and cell classes by name: all that :func:`rebuild` builds."""
-    from .cells import SpectralGRUCell, SpectralLSTMCell, SpectralRNNCell
-    from .sequence import SpectralGRU, SpectralLSTM, SpectralRNN
-
-    return {c.__name__: c for c in (SpectralRNN, SpectralGRU, SpectralLSTM, SpectralRNNCell,
-                                    SpectralGRUCell, SpectralLSTMCell)}  # fmt: skip
-
-
-def _allowed_args(cls: type[RecurrentModule]) -> tuple[str, ...]:
-    from .base import RecurrentLayer
-
-    own = LAYER_ARGS if issubclass(cls, RecurrentLayer) else CELL_ARGS
-    elman = cls.torch_class in (nn.RNN, nn.RNNCell)
-    return own + SEQNORM_ARGS + (("nonlinearity",) if elman else ())
-
-
-def init_kwargs(module: RecurrentModule) -> dict[str, Any]:
+def init_kwargs(module: nn.Module) -> dict[str, Any]:
     """The constructor arguments that rebuild ``module`` (its device and dtype aside)."""
-    cls = base_class(module)
-    kwargs = {a: getattr(module, a) for a in _allowed_args(cls) if hasattr(module, a)}
+    kwargs = {a: getattr(module, a) for a in module.constructor_args()}
     if kwargs.get("constraint_options") is not None:
         kwargs["constraint_options"] = dict(kwargs["constraint_options"])
     return kwargs
 
 
-def reduce_module(module: RecurrentModule) -> tuple[Any, ...]:
+def reduce_module(module: nn.Module) -> tuple[Any, ...]:
     """What ``module.__reduce_ex__`` returns: ``rebuild`` and its data arguments."""
     cls = base_class(module)
-    known = classes()
+    known = registry.by_name()
     name: str | type = cls.__name__ if known.get(cls.__name__) is cls else cls
     extra: dict[str, Any] = {
         "training": {path: m.training for path, m in module.named_modules()},
@@ -94,9 +70,9 @@ def _plain(value: Any) -> bool:
     return False
 
 
-def _resolve(name: str | type) -> tuple[type[RecurrentModule], type[RecurrentModule]]:
+def _resolve(name: str | type) -> tuple[type[nn.Module], type[nn.Module]]:
     """``(class to build, seqnorm class whose constructor builds it)``."""
-    known = classes()
+    known = registry.by_name()
     if isinstance(name, str):
         if name not in known:
             raise ValueError(f"rebuild: unknown seqnorm class {name!r}; known: {sorted(known)}")
@@ -113,13 +89,13 @@ def rebuild(
     kwargs: dict[str, Any],
     state: Mapping[str, Tensor],
     extra: dict[str, Any],
-) -> RecurrentModule:
+) -> nn.Module:
     """Build a seqnorm module from its class, constructor arguments and state (unpickling).
 
     Accepts data only (see the module's docs); the global RNG is left as it was.
 
     Args:
-        name: one of :func:`classes`' names, or a subclass of one of them.
+        name: the name of a seqnorm class (``"SpectralGRU"``...), or a subclass of one.
         kwargs: constructor arguments (no device or dtype: those of ``state``).
         state: the module's ``state_dict``.
         extra: ``training`` (a flag per submodule path), ``unroll``, ``frozen`` (names of
@@ -131,7 +107,7 @@ def rebuild(
     cls, base = _resolve(name)
     if not isinstance(kwargs, dict) or not _plain(kwargs):
         raise TypeError(f"rebuild: kwargs must be a dict of plain values, got {kwargs!r}")
-    bad = sorted(set(kwargs) - set(_allowed_args(base)))
+    bad = sorted(set(kwargs) - set(base.constructor_args()))
     if bad:
         raise ValueError(f"rebuild: unknown argument(s) {bad} for {base.__name__}")
     if not isinstance(state, Mapping) or not all(

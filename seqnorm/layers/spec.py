@@ -3,7 +3,8 @@
 Everything else (the parameters a module creates, the gate names the constraints, the
 initialisations and the dashboards use, the kernels the paths call, the torch classes the
 conversions use) reads it from :data:`SPECS`. Adding a cell type means one entry here and its
-step function in :mod:`seqnorm.layers.steps`.
+step function in :mod:`seqnorm.steps` (and, for a native kernel, one ``.cpp``, one ``.py`` and
+one dispatch line in :mod:`seqnorm.native`: see ``docs/adding_a_cell.md``).
 
 >>> SPECS["gru"].gate_names, SPECS["gru"].num_gates
 (('r', 'z', 'n'), 3)
@@ -19,8 +20,8 @@ from typing import Any
 
 from torch import _VF, Tensor, nn
 
-from . import steps
-from .modrelu import modrelu_rnn, modrelu_step
+from ..steps import gru_step, lstm_step, modrelu_step, rnn_relu_step, rnn_tanh_step
+from .modrelu import modrelu_rnn
 
 __all__ = ["SPECS", "CellSpec", "Extra", "spec_of"]
 
@@ -55,7 +56,8 @@ class CellSpec:
     """One recurrent cell type.
 
     Args:
-        mode: its name (``rnn_tanh``, ``gru``, ...), torch's mode string where torch has one.
+        mode: its name (``rnn_tanh``, ``gru``, ...), torch's mode string where torch has one;
+            the native kernels are found by it too (:data:`seqnorm.native.MODES`).
         gate_names: the gate blocks stacked in ``weight_hh``, in torch's order.
         step: the step equation ``step(gi, state, w_hh, b_hh, *extras) -> state`` in plain
             autograd ops (the cells, the unrolled path and the probes use it), ``gi = x_t @
@@ -64,10 +66,11 @@ class CellSpec:
             has none (then there is no torch equivalent module either).
         sequence_kernel: seqnorm's own whole-sequence kernel for the torch path when torch
             has none: ``kernel(gi (T, B, G*H), h0, w_hh, b_hh, *extras) -> (T, B, H)``.
-        native: the native CPU kernel's mode name in :mod:`seqnorm.native`, when it has one.
-        native_by_default: whether the layers run that kernel under ``SEQNORM_BACKEND=auto``
-            (``False``: only when the native backend is forced, because torch's own kernel
-            measured as fast or faster; see ``experiments/results/speed.md``).
+        native_by_default: where :mod:`seqnorm.native` has a kernel for ``mode``
+            (``seqnorm.native.MODES``), whether the layers run it under
+            ``SEQNORM_BACKEND=auto`` (``False``: only when the native backend is forced,
+            because torch's own kernel measured as fast or faster; see
+            ``experiments/results/speed.md``).
         extras: the tensors ``step`` takes after ``b_hh``, in order.
         chrono: gate name -> sign of the bias that chrono initialisation sets (Tallec &
             Ollivier 2018): ``+log(U(1, T_max - 1))`` on the gate, its negative for ``-1``.
@@ -84,7 +87,6 @@ class CellSpec:
     torch_layer: type[nn.Module]
     torch_cell: type[nn.Module]
     sequence_kernel: Callable[..., Tensor] | None = None
-    native: str | None = None
     native_by_default: bool = True
     extras: tuple[Extra, ...] = ()
     chrono: Mapping[str, float] = field(default_factory=dict)
@@ -95,6 +97,11 @@ class CellSpec:
     def num_gates(self) -> int:
         """Gate blocks stacked in ``weight_hh`` (1, 3 or 4)."""
         return len(self.gate_names)
+
+    @property
+    def has_projection(self) -> bool:
+        """Whether the cell takes ``proj_size`` (an extra that units have ``when="proj_size"``)."""
+        return any(e.when == "proj_size" for e in self.extras)
 
     @property
     def has_torch_twin(self) -> bool:
@@ -109,19 +116,18 @@ _MODRELU = Extra("modrelu_bias", "modReLU bias (H,): h = sign(z) * relu(|z| + b)
 #: read-only mappingproxy; the specs themselves are frozen).
 SPECS: dict[str, CellSpec] = dict(
     {
-        "rnn_tanh": CellSpec("rnn_tanh", ("h",), steps.rnn_tanh_step, _VF.rnn_tanh, nn.RNN,
-                             nn.RNNCell, native="rnn_tanh", nonlinearity="tanh"),
-        "rnn_relu": CellSpec("rnn_relu", ("h",), steps.rnn_relu_step, _VF.rnn_relu, nn.RNN,
-                             nn.RNNCell, native="rnn_relu", nonlinearity="relu"),
+        "rnn_tanh": CellSpec("rnn_tanh", ("h",), rnn_tanh_step, _VF.rnn_tanh, nn.RNN,
+                             nn.RNNCell, nonlinearity="tanh"),
+        "rnn_relu": CellSpec("rnn_relu", ("h",), rnn_relu_step, _VF.rnn_relu, nn.RNN,
+                             nn.RNNCell, nonlinearity="relu"),
         "rnn_modrelu": CellSpec("rnn_modrelu", ("h",), modrelu_step, None, nn.RNN,
-                                nn.RNNCell, sequence_kernel=modrelu_rnn,
-                                native="rnn_modrelu", extras=(_MODRELU,),
+                                nn.RNNCell, sequence_kernel=modrelu_rnn, extras=(_MODRELU,),
                                 nonlinearity="modrelu"),
-        "lstm": CellSpec("lstm", ("i", "f", "g", "o"), steps.lstm_step, _VF.lstm, nn.LSTM,
-                         nn.LSTMCell, native="lstm", extras=(_HR,),
-                         chrono={"f": 1.0, "i": -1.0}, cell_state=True),
-        "gru": CellSpec("gru", ("r", "z", "n"), steps.gru_step, _VF.gru, nn.GRU, nn.GRUCell,
-                        native="gru", chrono={"z": 1.0}),
+        "lstm": CellSpec("lstm", ("i", "f", "g", "o"), lstm_step, _VF.lstm, nn.LSTM,
+                         nn.LSTMCell, extras=(_HR,), chrono={"f": 1.0, "i": -1.0},
+                         cell_state=True),
+        "gru": CellSpec("gru", ("r", "z", "n"), gru_step, _VF.gru, nn.GRU, nn.GRUCell,
+                        chrono={"z": 1.0}),
     }
 )  # fmt: skip
 

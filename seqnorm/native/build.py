@@ -155,7 +155,7 @@ def _build(target: Path) -> None:
                 name=NAME,
                 sources=[str(p) for p in _sources()],
                 extra_cflags=CFLAGS + OPENMP,
-                extra_ldflags=OPENMP,
+                extra_ldflags=list(OPENMP),  # a copy: load() appends torch's libraries
                 build_directory=str(tmp),
                 is_python_module=False,
                 verbose=False,

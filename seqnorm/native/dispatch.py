@@ -1,22 +1,21 @@
-"""``recurrence``: one unit (one layer, one direction) over a whole packed sequence."""
+"""One unit (one layer, one direction) over a whole packed sequence, on its mode's kernel.
+
+Each cell type's kernel is one module of this package (``rnn``, ``gru``, ``lstm``): its
+ops, the ``MODES`` it runs and its ``sequence``, which all take the same arguments. The one
+line that lists those modules routes every mode to its kernel.
+"""
 
 from __future__ import annotations
-
-from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from . import gru, lstm, rnn
+from ..steps import State
+from . import build, gru, lstm, rnn
 
 __all__ = ["MODES", "recurrence", "sequence"]
 
-State = Tensor | tuple[Tensor, Tensor]
-
-_KERNELS: dict[str, Callable[..., Any]] = {m: rnn.sequence for m in rnn.MODES}
-_KERNELS.update({m: gru.sequence for m in gru.MODES})
-_KERNELS.update({m: lstm.sequence for m in lstm.MODES})
+_KERNELS = {mode: cell.sequence for cell in (rnn, gru, lstm) for mode in cell.MODES}
 
 #: The modes that have a native kernel.
 MODES = tuple(_KERNELS)
@@ -39,11 +38,13 @@ def recurrence(
     through the step loop) and one op under ``torch.compile``.
 
     Args:
-        mode: ``rnn_tanh``, ``rnn_relu``, ``rnn_modrelu``, ``gru`` (or ``lstm``).
+        mode: one of :data:`MODES` (``rnn_tanh``, ``rnn_relu``, ``rnn_modrelu``, ``gru``,
+            ``lstm``).
         gi: the input projections ``x_t @ W_ih^T + b_ih`` of every step ``(N, G*H)``, packed:
             step ``t``'s rows follow step ``t - 1``'s, ``batch_sizes[t]`` of them.
-        state: ``h0`` ``(B, H)`` (for an LSTM ``(h0, c0)``), ``B = batch_sizes[0]``.
-        w_hh: the recurrent matrix ``(G*H, H)``.
+        state: ``h0`` ``(B, H)`` (for an LSTM ``(h0 (B, R), c0 (B, H))``, ``R`` its
+            ``proj_size`` or ``H``), ``B = batch_sizes[0]``.
+        w_hh: the recurrent matrix ``(G*H, R)``.
         b_hh: the recurrent bias ``(G*H,)`` or ``None``.
         extra: modReLU's bias ``(H,)`` for ``rnn_modrelu`` (the LSTM's ``W_hr``), else ``None``.
         batch_sizes: CPU int64 ``(T,)``, non-increasing (as a ``PackedSequence`` has them).
@@ -55,6 +56,8 @@ def recurrence(
 
     Raises:
         ValueError: for an unknown mode, a non-CPU or non-float tensor.
+        RuntimeError: from the kernel, for shapes, dtypes or batch sizes that do not fit
+            together (the message names the argument, what was expected and what was given).
         NativeUnavailable: if the kernels cannot be built here.
     """
     return sequence(mode, gi, None, None, state, w_hh, b_hh, extra, batch_sizes, reverse)
@@ -75,8 +78,9 @@ def sequence(
     """:func:`recurrence` with the input projection inside the op: ``gi = x @ w_ih^T + b_ih``
     for all steps as one GEMM into reused memory (``gi`` is not kept for the backward, and
     ``dx``, ``dw_ih``, ``db_ih`` come back as one GEMM or reduction each); for an input of at
-    most 64 features, per step into a buffer that stays in cache (its gradients taken per
-    step too), so that the ``N x G*H`` projections never travel through main memory.
+    most 16 features (``kStepInput`` in ``csrc/input.h``), per step into a buffer that stays
+    in cache (its gradients taken per step too), so that the ``N x G*H`` projections never
+    travel through main memory.
 
     Args:
         x: the unit's input ``(N, I)``, packed like ``gi``; with ``w_ih=None``, ``gi`` itself.
@@ -89,6 +93,7 @@ def sequence(
 
     Raises:
         ValueError: for an unknown mode, a non-CPU or non-float tensor.
+        RuntimeError: from the kernel, as :func:`recurrence`.
         NativeUnavailable: if the kernels cannot be built here.
     """
     if mode not in _KERNELS:
@@ -98,4 +103,6 @@ def sequence(
         raise ValueError(
             f"{name} must be a float32 or float64 CPU tensor, got {x.dtype} on {x.device}"
         )
+    if not build.is_loaded() and not torch.compiler.is_compiling():
+        build.load_library()
     return _KERNELS[mode](mode, x, w_ih, b_ih, state, w_hh, b_hh, extra, batch_sizes, reverse)

@@ -1,7 +1,7 @@
 """The native kernels' GEMM as an op, ``seqnorm::gemm_``, for measuring the GEMM floor.
 
 ``experiments/bench_speed.py`` times the per-step GEMMs of a recurrence alone with the same
-GEMM the kernels call (``csrc/common.h``: oneDNN's brgemm micro-kernel for float32), so the
+GEMM the kernels call (``csrc/gemm.h``: oneDNN's brgemm micro-kernel for float32), so the
 floor is not that of a slower BLAS. ``csrc/gemm.cpp`` registers the CPU kernel.
 """
 

@@ -4,7 +4,8 @@ torch's equations (``b_hn`` inside ``r * (W_hn h + b_hn)``). The forward takes t
 input and ``W_ih`` (the input projection of all steps is one GEMM inside the op, into reused
 memory) or, with ``w_ih=None``, the projections ``gi`` themselves. The schemas, fake (meta)
 shapes and autograd are defined here, so importing this module never needs the compiled
-library; ``csrc/gru.cpp`` registers the CPU kernels.
+library; ``csrc/gru.cpp`` registers the CPU kernels and checks their inputs. A double
+backward differentiates :func:`seqnorm.steps.gru_step`.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..steps import gru_step
 from . import build
 from .reference import regrad
 
-__all__ = ["MODES", "recurrence", "sequence"]
+__all__ = ["MODES", "sequence"]
 
+#: The modes this kernel runs (read by :mod:`seqnorm.native.dispatch`).
 MODES = ("gru",)
 
 torch.library.define(
@@ -69,8 +72,8 @@ def _backward(ctx: Any, grad_out: Tensor | None, grad_hn: Tensor | None, *_: Any
     if grad_out is None and grad_hn is None:
         return (None,) * 9
     if torch.is_grad_enabled():  # create_graph=True: differentiate the step loop instead
-        d = regrad("gru", (x, w_ih, b_ih, h0, w_hh, b_hh, None), (grad_out, grad_hn),
-                   (batch_sizes, ctx.reverse))  # fmt: skip
+        d = regrad(gru_step, (x, w_ih, b_ih, h0, w_hh, b_hh, None), (grad_out, grad_hn),
+                   batch_sizes, ctx.reverse)  # fmt: skip
         return (*d[:6], None, None, None)
     d_x, d_w_ih, d_b_ih, d_h0, d_w, d_b = torch.ops.seqnorm.gru_backward(
         grad_out, grad_hn, x, w_ih, b_ih is not None, h0, w_hh, out, gates, batch_sizes,
@@ -100,8 +103,6 @@ def sequence(
         raise ValueError(
             f"extra must be None for mode 'gru', got a tensor of shape {tuple(extra.shape)}"
         )
-    if not build.is_loaded() and not torch.compiler.is_compiling():
-        build.load_library()
     save = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, w_ih, b_ih, h0, w_hh, b_hh)
     )  # keep the gates only when a backward can come
@@ -109,17 +110,3 @@ def sequence(
         x, w_ih, b_ih, h0, w_hh, b_hh, batch_sizes, reverse, save
     )
     return out, h_n
-
-
-def recurrence(
-    mode: str,
-    gi: Tensor,
-    h0: Tensor,
-    w_hh: Tensor,
-    b_hh: Tensor | None,
-    extra: Tensor | None,
-    batch_sizes: Tensor,
-    reverse: bool,
-) -> tuple[Tensor, Tensor]:
-    """One GRU unit over packed ``gi``: see :func:`seqnorm.native.recurrence`."""
-    return sequence(mode, gi, None, None, h0, w_hh, b_hh, extra, batch_sizes, reverse)

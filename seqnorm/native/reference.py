@@ -1,26 +1,30 @@
 """The differentiable step loop the native kernels compute: their double backward.
 
-:func:`reference` runs the cell's step (``seqnorm.layers.spec.SPECS[mode].step``) over
-packed ``gi`` in plain autograd ops, with the same packed-state walk as the kernels (one
-full state buffer; at step ``t`` only the first ``batch_sizes[t]`` rows step). The
-registered backwards call :func:`regrad` instead of their C++ backward when a graph of the
-gradient is asked for (``create_graph=True``), so second derivatives work.
+:func:`reference` runs a cell's step equation (:mod:`seqnorm.steps`) over packed ``gi`` in
+plain autograd ops, with the same packed-state walk as the kernels (one full state buffer;
+at step ``t`` only the first ``batch_sizes[t]`` rows step). The registered backwards call
+:func:`regrad` instead of their C++ backward when a graph of the gradient is asked for
+(``create_graph=True``), so second derivatives work.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from ..steps import State
+
 __all__ = ["reference", "regrad"]
 
-State = Tensor | tuple[Tensor, Tensor]
+#: A step equation of :mod:`seqnorm.steps`: ``step(gi, state, w_hh, b_hh, *extras) -> state``.
+Step = Callable[..., Any]
 
 
 def reference(
-    mode: str,
+    step: Step,
     gi: Tensor,
     state: State,
     w_hh: Tensor,
@@ -29,10 +33,12 @@ def reference(
     batch_sizes: Tensor,
     reverse: bool,
 ) -> tuple[Tensor, State]:
-    """The native recurrence's result, step by step in autograd ops (same arguments)."""
-    from seqnorm.layers.spec import SPECS  # lazy: the layers import this package
+    """What :func:`seqnorm.native.recurrence` computes, step by step in autograd ops.
 
-    step = SPECS[mode].step
+    Args:
+        step: the cell's step equation (``seqnorm.steps.gru_step``...).
+        The others as :func:`seqnorm.native.recurrence`'s.
+    """
     args = (w_hh, b_hh) if extra is None else (w_hh, b_hh, extra)
     sizes = [int(s) for s in batch_sizes.tolist()]
     off = [0]
@@ -57,17 +63,26 @@ def reference(
 
 
 def regrad(
-    mode: str,
+    step: Step,
     inputs: Sequence[Tensor | None],
     grads: Sequence[Tensor | None],
-    extra_args: tuple[Tensor, bool],
+    batch_sizes: Tensor,
+    reverse: bool,
 ) -> list[Tensor | None]:
-    """Gradients of the projected recurrence w.r.t. ``inputs`` = ``(x, w_ih, b_ih, state...,
-    w_hh, b_hh, extra)`` as a differentiable graph (double backward). ``gi`` is
-    ``F.linear(x, w_ih, b_ih)`` (``x`` itself without ``w_ih``); ``grads`` are the output
-    gradients (``None``: zero). An input that does not need a gradient gets ``None``."""
-    batch_sizes, reverse = extra_args
-    lstm = mode == "lstm"
+    """Gradients of the projected recurrence as a differentiable graph (double backward).
+
+    Args:
+        step: the cell's step equation.
+        inputs: ``(x, w_ih, b_ih, *state, w_hh, b_hh, extra)``; ``gi`` is
+            ``F.linear(x, w_ih, b_ih)`` (``x`` itself without ``w_ih``).
+        grads: the gradients of the outputs ``(out, *final_state)`` (``None``: zero); their
+            number gives the state's (two for an LSTM's ``(h, c)``).
+        batch_sizes, reverse: as :func:`reference`'s.
+
+    Returns:
+        One gradient per input; ``None`` for an input that does not need one.
+    """
+    n_state = len(grads) - 1
     with torch.enable_grad():
         leaves = [x if x is not None and x.requires_grad else None for x in inputs]
         wanted = [x for x in leaves if x is not None]
@@ -75,14 +90,11 @@ def regrad(
             return [None] * len(inputs)
         x, w_ih, b_ih = inputs[:3]
         gi = x if w_ih is None else torch.nn.functional.linear(x, w_ih, b_ih)
-        if lstm:
-            h0, c0, w_hh, b_hh, extra = inputs[3:]
-            out, (h_n, c_n) = reference(mode, gi, (h0, c0), w_hh, b_hh, extra, batch_sizes, reverse)
-            outputs = [out, h_n, c_n]
-        else:
-            h0, w_hh, b_hh, extra = inputs[3:]
-            out, h_n = reference(mode, gi, h0, w_hh, b_hh, extra, batch_sizes, reverse)
-            outputs = [out, h_n]
+        state = inputs[3 : 3 + n_state]
+        w_hh, b_hh, extra = inputs[3 + n_state :]
+        s0 = tuple(state) if n_state > 1 else state[0]
+        out, final = reference(step, gi, s0, w_hh, b_hh, extra, batch_sizes, reverse)
+        outputs = [out, *(final if n_state > 1 else (final,))]
         pairs = [(o, g) for o, g in zip(outputs, grads, strict=True) if g is not None]
         if not pairs:
             return [None if x is None else torch.zeros_like(x) for x in leaves]

@@ -2,7 +2,8 @@
 
 Modes ``rnn_tanh``, ``rnn_relu`` and ``rnn_modrelu`` (``extra`` is modReLU's bias). The
 schemas, fake (meta) shapes and autograd are defined here, so importing this module never
-needs the compiled library; ``csrc/rnn.cpp`` registers the CPU kernels.
+needs the compiled library; ``csrc/rnn.cpp`` registers the CPU kernels and checks their
+inputs. A double backward differentiates the mode's step of :mod:`seqnorm.steps`.
 """
 
 from __future__ import annotations
@@ -12,12 +13,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..steps import modrelu_step, rnn_relu_step, rnn_tanh_step
 from . import build
 from .reference import regrad
 
-__all__ = ["MODES", "recurrence", "sequence"]
+__all__ = ["MODES", "sequence"]
 
-MODES = ("rnn_tanh", "rnn_relu", "rnn_modrelu")
+#: The step equation of each mode this kernel runs (its double backward differentiates it).
+STEPS = {"rnn_tanh": rnn_tanh_step, "rnn_relu": rnn_relu_step, "rnn_modrelu": modrelu_step}
+#: The modes this kernel runs (read by :mod:`seqnorm.native.dispatch`).
+MODES = tuple(STEPS)
 
 torch.library.define(
     "seqnorm::rnn_forward",
@@ -63,8 +68,8 @@ def _backward(ctx: Any, grad_out: Tensor | None, grad_hn: Tensor | None) -> tupl
     if grad_out is None and grad_hn is None:
         return (None,) * 10
     if torch.is_grad_enabled():  # create_graph=True: differentiate the step loop instead
-        d = regrad(ctx.mode, (x, w_ih, b_ih, h0, w_hh, b_hh, extra), (grad_out, grad_hn),
-                   (batch_sizes, ctx.reverse))  # fmt: skip
+        d = regrad(STEPS[ctx.mode], (x, w_ih, b_ih, h0, w_hh, b_hh, extra),
+                   (grad_out, grad_hn), batch_sizes, ctx.reverse)  # fmt: skip
         return (None, *d, None, None)
     d_x, d_w_ih, d_b_ih, d_h0, d_w, d_b, d_extra = torch.ops.seqnorm.rnn_backward(
         ctx.mode, grad_out, grad_hn, x, w_ih, b_ih is not None, h0, w_hh, out, batch_sizes,
@@ -91,22 +96,6 @@ def sequence(
     reverse: bool,
 ) -> tuple[Tensor, Tensor]:
     """One unit of a one-gate RNN over packed ``x``: see :func:`seqnorm.native.sequence`."""
-    if not build.is_loaded() and not torch.compiler.is_compiling():
-        build.load_library()
     return torch.ops.seqnorm.rnn_forward(
         mode, x, w_ih, b_ih, h0, w_hh, b_hh, extra, batch_sizes, reverse
     )
-
-
-def recurrence(
-    mode: str,
-    gi: Tensor,
-    h0: Tensor,
-    w_hh: Tensor,
-    b_hh: Tensor | None,
-    extra: Tensor | None,
-    batch_sizes: Tensor,
-    reverse: bool,
-) -> tuple[Tensor, Tensor]:
-    """One unit of a one-gate RNN over packed ``gi``: see :func:`seqnorm.native.recurrence`."""
-    return sequence(mode, gi, None, None, h0, w_hh, b_hh, extra, batch_sizes, reverse)

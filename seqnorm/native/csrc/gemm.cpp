@@ -1,9 +1,10 @@
-// The kernels' own GEMM (common.h's gemm_rm: oneDNN brgemm for float32, in panels) as an op,
+// The kernels' own GEMM (gemm.h's gemm_rm: oneDNN brgemm for float32, in panels) as an op,
 // so that the benchmark's floor is measured on the GEMM the kernels use. Schema: gemm.py.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-#include "common.h"
+#include "fpmode.h"
+#include "gemm.h"
 
 namespace seqnorm {
 namespace {

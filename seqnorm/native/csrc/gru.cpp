@@ -4,17 +4,25 @@
 //   n = tanh(gi_n + r * (W_hn h + b_hn))  h' = n + z * (h - n)
 //
 // gi = x @ W_ih^T + b_ih for all steps is ONE GEMM up front (into pooled memory, not kept for
-// the backward), or per step for a narrow input (common.h, Input). Forward, per step: ONE GEMM (h_{t-1} @ W_hh^T) and ONE fused pass that
-// writes h_t and the gates (r, z, n, W_hn h + b_hn) the backward needs; h_{t-1} is read back
-// from the output. Backward: one reverse walk, per step one fused pass and two GEMMs
-// (dh_{t-1} += dgh @ W_hh, and dW_hh^T += h_{t-1}^T @ dgh accumulated while dgh is in cache);
-// then dx, dW_ih, db_ih as one GEMM/reduction each over all N rows. Schemas: gru.py.
+// the backward), or per step for a narrow input (input.h, Input). Forward, per step: ONE GEMM
+// (h_{t-1} @ W_hh^T) and ONE fused pass that writes h_t and the gates (r, z, n, W_hn h + b_hn)
+// the backward needs; h_{t-1} is read back from the output. Backward: one reverse walk, per
+// step one fused pass and two GEMMs (dh_{t-1} += dgh @ W_hh, and dW_hh^T += h_{t-1}^T @ dgh
+// accumulated while dgh is in cache); then dx, dW_ih, db_ih as one GEMM/reduction each over
+// all N rows. Schemas: gru.py.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include <tuple>
 
-#include "common.h"
+#include "backward.h"
+#include "buffers.h"
+#include "checks.h"
+#include "fpmode.h"
+#include "gemm.h"
+#include "input.h"
+#include "packed.h"
+#include "vecmath.h"
 
 namespace seqnorm {
 namespace {
@@ -99,7 +107,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
   at::Tensor gates = save ? pooled_empty({N, 4 * H}, gi.options()) : at::empty({0}, gi.options());
   at::Tensor hbuf = h0.clone();  // (B, H): the state of every sequence; h_n at the end
   at::Tensor bias = b_hh.has_value() ? b_hh->contiguous() : at::zeros({3 * H}, gi.options());
-  at::Tensor gh = scratch(gi, B * 3 * H, 0);      // h_{t-1} @ W_hh^T, (bs, 3H)
+  at::Tensor gh = scratch(gi, B * 3 * H, Slot::kRecurrent);  // h_{t-1} @ W_hh^T, (bs, 3H)
   const at::Tensor wT = w_hh.t().contiguous();    // (H, 3H)
   AT_DISPATCH_FLOATING_TYPES(gi.scalar_type(), "seqnorm_gru_forward", [&] {
     using T = scalar_t;
@@ -130,16 +138,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   TORCH_CHECK(gates.size(0) == N && gates.size(1) == 4 * H && h0.size(1) == H &&
                   w_hh.size(0) == 3 * H && w_hh.size(1) == H,
               "gru_backward: inconsistent shapes (were the gates saved? save=True)");
-  const at::Tensor go = grad_out.has_value() ? contiguous_pooled(*grad_out) : at::Tensor();
-  TORCH_CHECK(!go.defined() || go.sizes() == out.sizes(), "grad_out must be ", out.sizes());
+  const at::Tensor go = grad_output(grad_out, out);
   const Packed p = packed_layout(batch_sizes, N, B);
-  const InputGrad ig = input_grad(x, w_ih, N, 3 * H, B, out.options());
-  at::Tensor dgh = scratch(out, B * 3 * H, 1);       // one step's dL/d(h W_hh^T + b_hh)
-  at::Tensor hpT = scratch(out, H * B, 2);           // one step's h_{t-1}^T (H, bs)
+  const InputGrad in_grad = input_grad(x, w_ih, N, 3 * H, B, out.options());
+  at::Tensor dgh = scratch(out, B * 3 * H, Slot::kRecurrentGrad);  // dL/d(h W_hh^T + b_hh)
+  at::Tensor hpT = scratch(out, H * B, Slot::kTransposed);  // one step's h_{t-1}^T (H, bs)
   at::Tensor dwT = at::zeros({H, 3 * H}, out.options());  // dL/dW_hh^T
   at::Tensor db = at::empty({3 * H}, out.options());
   at::Tensor dbi = at::empty({3 * H}, out.options());  // column sums of dgi
-  at::Tensor dh = grad_hn.has_value() ? grad_hn->contiguous().clone() : at::zeros_like(h0);
+  at::Tensor dh = state_grad(grad_hn, h0);
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "seqnorm_gru_backward", [&] {
     using T = scalar_t;
     const T* po = out.data_ptr<T>();
@@ -153,23 +160,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       const PrevRows pr = prev_rows(p, t, reverse);
       auto rows = go.defined() ? backward_rows<T, true> : backward_rows<T, false>;
       rows(bs, H, go.defined() ? go.data_ptr<T>() + o * H : nullptr, dh.data_ptr<T>(),
-           gates.data_ptr<T>() + o * 4 * H, pr, po, ph0, ig.rows<T>(o, bs), q,
+           gates.data_ptr<T>() + o * 4 * H, pr, po, ph0, in_grad.rows<T>(o, bs), q,
            sum_h.data(), sum_i.data());
       sum_h.flush();
       sum_i.flush();
       gemm_rm<T>(bs, H, 3 * H, q, 3 * H, w_hh.data_ptr<T>(), H, dh.data_ptr<T>(), H, true);
-      // h_{t-1}^T (H, bs), then dW_hh^T += h_{t-1}^T @ dgh
-      if (pr.n_out > 0) transpose<T>(pr.n_out, H, po + pr.out_off * H, H, pt, bs);
-      if (bs > pr.n_out)
-        transpose<T>(bs - pr.n_out, H, ph0 + pr.n_out * H, H, pt + pr.n_out, bs);
-      gemm_rm<T>(H, 3 * H, bs, pt, bs, q, 3 * H, dwT.data_ptr<T>(), 3 * H, true);
-      ig.step<T>(o, bs);
+      add_dw_hh<T>(pr, bs, H, 3 * H, po, ph0, q, pt, dwT.data_ptr<T>());
+      in_grad.step<T>(o, bs);
     }
     sum_h.into(db);
     sum_i.into(dbi);
   });
   dbi.narrow(0, 0, 2 * H).copy_(db.narrow(0, 0, 2 * H));
-  auto [dx, dw_ih, db_ih] = ig.finish(has_b_ih, dbi);
+  auto [dx, dw_ih, db_ih] = in_grad.finish(has_b_ih, dbi);
   return {dx, dw_ih, db_ih, dh, dwT.t().contiguous(), db};
 }
 

@@ -4,7 +4,7 @@
 //   c_t = f * c_{t-1} + i * g     m_t = o * tanh(c_t)     h_t = m_t (@ W_hr^T with proj_size)
 //
 // gi = x @ W_ih^T + b_ih for all steps is ONE GEMM up front (pooled memory, not kept), or per
-// step for a narrow input (common.h, Input).
+// step for a narrow input (input.h, Input).
 // Forward, per step: ONE GEMM for the gates, ONE fused pass over the four gates, and with
 // proj_size a second GEMM h = m @ W_hr^T. The backward walks the sequence once in reverse:
 // per step one fused pass, dh_{t-1} = dgates @ W_hh, and dW_hh^T += h_{t-1}^T @ dgates
@@ -17,11 +17,19 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <tuple>
 
-#include "common.h"
+#include "backward.h"
+#include "buffers.h"
+#include "checks.h"
+#include "fpmode.h"
+#include "gemm.h"
+#include "input.h"
+#include "packed.h"
+#include "vecmath.h"
 
 namespace seqnorm {
 namespace {
@@ -94,31 +102,6 @@ void backward_gates(int64_t bs, int64_t H, const T* __restrict g, const T* __res
   }
 }
 
-void check_inputs(const at::Tensor& gi, const at::Tensor& h0, const at::Tensor& c0,
-                  const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_hh,
-                  const c10::optional<at::Tensor>& w_hr) {
-  TORCH_CHECK(gi.dim() == 2 && gi.size(1) % 4 == 0, "gi must be (N, 4H), got ", gi.sizes());
-  TORCH_CHECK(gi.scalar_type() == at::kFloat || gi.scalar_type() == at::kDouble,
-              "gi must be float32 or float64, got ", gi.scalar_type());
-  const int64_t H = gi.size(1) / 4;
-  const int64_t R = w_hr.has_value() ? w_hr->size(0) : H;
-  TORCH_CHECK(h0.dim() == 2 && h0.size(1) == R, "h0 must be (B, ", R, "), got ", h0.sizes());
-  TORCH_CHECK(c0.dim() == 2 && c0.size(1) == H && c0.size(0) == h0.size(0), "c0 must be (",
-              h0.size(0), ", ", H, "), got ", c0.sizes());
-  TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) == 4 * H && w_hh.size(1) == R, "w_hh must be (",
-              4 * H, ", ", R, "), got ", w_hh.sizes());
-  if (b_hh.has_value())
-    TORCH_CHECK(b_hh->dim() == 1 && b_hh->size(0) == 4 * H &&
-                    b_hh->scalar_type() == gi.scalar_type(),
-                "b_hh must be (", 4 * H, ",) of gi's dtype, got ", b_hh->sizes());
-  if (w_hr.has_value())
-    TORCH_CHECK(w_hr->dim() == 2 && w_hr->size(1) == H && w_hr->scalar_type() == gi.scalar_type(),
-                "w_hr must be (P, ", H, ") of gi's dtype, got ", w_hr->sizes());
-  for (const at::Tensor* t : {&gi, &h0, &c0, &w_hh})
-    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == gi.scalar_type(),
-                "lstm_forward: every tensor must be on the CPU with gi's dtype");
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
     const at::Tensor& x, const c10::optional<at::Tensor>& w_ih,
     const c10::optional<at::Tensor>& b_ih, const at::Tensor& h0_, const at::Tensor& c0_,
@@ -128,11 +111,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const FlushDenormals flush;  // subnormals read and written as 0 (fpmode.h), restored on return
   const Input in = input(x, w_ih, b_ih, h0_.dim() == 2 ? h0_.size(0) : 1);
   const at::Tensor gi = in.like();  // (N, 4H)
-  check_inputs(gi, h0_, c0_, w_hh_, b_hh, w_hr_);
+  const int64_t H = check_common(gi, h0_, w_hh_, b_hh, 4, w_hr_);
+  TORCH_CHECK(c0_.dim() == 2 && c0_.size(0) == h0_.size(0) && c0_.size(1) == H,
+              "shapes do not match: c0 must be (B, H) = (", h0_.size(0), ", ", H, "), got ",
+              c0_.sizes());
+  TORCH_CHECK(c0_.device().is_cpu() && c0_.scalar_type() == gi.scalar_type(),
+              "c0 must be a CPU tensor of gi's dtype ", gi.scalar_type(), ", got ",
+              c0_.scalar_type(), " on ", c0_.device());
   const bool proj = w_hr_.has_value();
-  const int64_t H = gi.size(1) / 4, B = h0_.size(0), N = gi.size(0);
+  const int64_t B = h0_.size(0), N = gi.size(0);
   const int64_t R = proj ? w_hr_->size(0) : H;
-  const Packed s = packed_layout(batch_sizes, N, B);
+  const Packed p = packed_layout(batch_sizes, N, B);
   const auto opts = gi.options();
   const at::Tensor wT = w_hh_.t().contiguous();                          // (R, 4H)
   const at::Tensor w_hrT = proj ? w_hr_->t().contiguous() : at::Tensor();  // (H, P)
@@ -140,11 +129,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor h_state = h0_.contiguous().clone();  // becomes h_n
   at::Tensor c_state = c0_.contiguous().clone();  // becomes c_n
   // save=false (no graph will be built): gates, cell states and m live in per-step scratch
-  at::Tensor gates = save ? pooled_empty({N, 4 * H}, opts) : scratch(gi, B * 4 * H, 3);
-  at::Tensor cs = save ? pooled_empty({N, H}, opts) : scratch(gi, B * H, 4);
+  at::Tensor gates =
+      save ? pooled_empty({N, 4 * H}, opts) : scratch(gi, B * 4 * H, Slot::kGates);
+  at::Tensor cs = save ? pooled_empty({N, H}, opts) : scratch(gi, B * H, Slot::kCell);
   at::Tensor m = !proj ? at::empty({0}, opts)
-                 : save ? pooled_empty({N, H}, opts) : scratch(gi, B * H, 5);
-  at::Tensor hw = scratch(gi, B * 4 * H, 0);  // h_{t-1} @ W_hh^T
+                 : save ? pooled_empty({N, H}, opts) : scratch(gi, B * H, Slot::kUnprojected);
+  at::Tensor hw = scratch(gi, B * 4 * H, Slot::kRecurrent);  // h_{t-1} @ W_hh^T
   at::Tensor bias = b_hh.has_value() ? b_hh->contiguous() : at::zeros({4 * H}, opts);
   const int64_t so = save ? 1 : 0;  // row offsets into the saved buffers: o, or 0 in scratch
 
@@ -152,9 +142,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     using T = scalar_t;
     T* hs = h_state.data_ptr<T>();
     T* q = hw.data_ptr<T>();
-    for (int64_t k = 0; k < s.T; ++k) {
-      const int64_t t = reverse ? s.T - 1 - k : k;
-      const int64_t bs = s.sizes[t], o = s.off[t];
+    for (int64_t k = 0; k < p.T; ++k) {
+      const int64_t t = reverse ? p.T - 1 - k : k;
+      const int64_t bs = p.sizes[t], o = p.off[t];
       gemm_rm<T>(bs, 4 * H, R, hs, R, wT.data_ptr<T>(), 4 * H, q, 4 * H, false);
       T* ho = out.data_ptr<T>() + o * R;
       T* mrow = proj ? m.data_ptr<T>() + so * o * H : ho;
@@ -191,21 +181,20 @@ lstm_backward(const c10::optional<at::Tensor>& grad_out, const c10::optional<at:
   TORCH_CHECK(out.size(0) == N && out.size(1) == R && cs.size(0) == N && cs.size(1) == H &&
                   w_hh_.size(0) == 4 * H && w_hh_.size(1) == R && (!proj || m.size(0) == N),
               "lstm_backward: inconsistent shapes (were the gates saved? save=True)");
-  const at::Tensor go = grad_out.has_value() ? contiguous_pooled(*grad_out) : at::Tensor();
-  TORCH_CHECK(!go.defined() || go.sizes() == out.sizes(), "grad_out must be ", out.sizes());
-  const Packed s = packed_layout(batch_sizes, N, B);
+  const at::Tensor go = grad_output(grad_out, out);
+  const Packed p = packed_layout(batch_sizes, N, B);
   const at::Tensor w_hh = w_hh_.contiguous();                      // (4H, R)
   const at::Tensor w_hr = proj ? w_hr_->contiguous() : at::Tensor();  // (P, H)
 
-  const InputGrad ig = input_grad(x, w_ih, N, 4 * H, B, opts);
-  at::Tensor dh_state = grad_hn.has_value() ? grad_hn->contiguous().clone() : at::zeros_like(h0);
-  at::Tensor dc_state = grad_cn.has_value() ? grad_cn->contiguous().clone() : at::zeros_like(c0);
+  const InputGrad in_grad = input_grad(x, w_ih, N, 4 * H, B, opts);
+  at::Tensor dh_state = state_grad(grad_hn, h0);
+  at::Tensor dc_state = state_grad(grad_cn, c0);
   at::Tensor dwT = at::zeros({R, 4 * H}, opts);                   // dL/dW_hh^T
   at::Tensor dw_hrT = proj ? at::zeros({H, R}, opts) : at::Tensor();  // dL/dW_hr^T
   at::Tensor db = at::empty({4 * H}, opts);
-  at::Tensor dh = scratch(out, B * R, 1);     // proj: dL/dh_t (bs, P)
-  at::Tensor dm = scratch(out, B * H, 2);     // proj: dL/dm_t (bs, H)
-  at::Tensor tT = scratch(out, B * std::max(R, H), 6);  // one step's h_{t-1}^T or m_t^T
+  at::Tensor dh = scratch(out, B * R, Slot::kHiddenGrad);       // proj: dL/dh_t (bs, P)
+  at::Tensor dm = scratch(out, B * H, Slot::kUnprojectedGrad);  // proj: dL/dm_t (bs, H)
+  at::Tensor tT = scratch(out, B * std::max(R, H), Slot::kTransposed);  // h_{t-1}^T or m_t^T
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "seqnorm_lstm_backward", [&] {
     using T = scalar_t;
     const T* po = out.data_ptr<T>();
@@ -215,11 +204,11 @@ lstm_backward(const c10::optional<at::Tensor>& grad_out, const c10::optional<at:
     T* pdh = dh_state.data_ptr<T>();
     T* pt = tT.data_ptr<T>();
     StepSums<T> sum_b(4 * H);  // db_hh (= db_ih: dgi is dgates)
-    for (int64_t k = 0; k < s.T; ++k) {
-      const int64_t t = reverse ? k : s.T - 1 - k;  // the forward's steps, last first
-      const int64_t bs = s.sizes[t], o = s.off[t];
-      const PrevRows pr = prev_rows(s, t, reverse);
-      T* dg = ig.rows<T>(o, bs);
+    for (int64_t k = 0; k < p.T; ++k) {
+      const int64_t t = reverse ? k : p.T - 1 - k;  // the forward's steps, last first
+      const int64_t bs = p.sizes[t], o = p.off[t];
+      const PrevRows pr = prev_rows(p, t, reverse);
+      T* dg = in_grad.rows<T>(o, bs);
       if (proj) {
         T* d = dh.data_ptr<T>();  // dh_t = grad_out + dh_state, (bs, P)
         const T* g = go.defined() ? go.data_ptr<T>() + o * R : nullptr;
@@ -246,16 +235,12 @@ lstm_backward(const c10::optional<at::Tensor>& grad_out, const c10::optional<at:
       }
       sum_b.flush();
       gemm_rm<T>(bs, R, 4 * H, dg, 4 * H, w_hh.data_ptr<T>(), R, pdh, R, false);
-      // dW_hh^T (R, 4H) += h_{t-1}^T @ dgates, h_{t-1} (bs, R) from out or h0
-      if (pr.n_out > 0) transpose<T>(pr.n_out, R, po + pr.out_off * R, R, pt, bs);
-      if (bs > pr.n_out)
-        transpose<T>(bs - pr.n_out, R, ph0 + pr.n_out * R, R, pt + pr.n_out, bs);
-      gemm_rm<T>(R, 4 * H, bs, pt, bs, dg, 4 * H, dwT.data_ptr<T>(), 4 * H, true);
-      ig.step<T>(o, bs);
+      add_dw_hh<T>(pr, bs, R, 4 * H, po, ph0, dg, pt, dwT.data_ptr<T>());
+      in_grad.step<T>(o, bs);
     }
     sum_b.into(db);
   });
-  auto [dx, dw_ih, db_ih] = ig.finish(has_b_ih, db);  // dgi = dgates
+  auto [dx, dw_ih, db_ih] = in_grad.finish(has_b_ih, db);  // dgi = dgates
   const at::Tensor none = at::empty({0}, opts);
   return {dx, dw_ih, db_ih, dh_state, dc_state, dwT.t().contiguous(), need_bias ? db.clone() : none,
           proj ? dw_hrT.t().contiguous() : none};

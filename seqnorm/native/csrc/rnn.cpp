@@ -1,7 +1,7 @@
 // Whole-sequence forward and backward of the one-gate RNNs: rnn_tanh, rnn_relu, rnn_modrelu.
 //
 // gi = x @ W_ih^T + b_ih for all steps is ONE GEMM up front (pooled memory, not kept), or per
-// step for a narrow input (common.h, Input).
+// step for a narrow input (input.h, Input).
 // Forward, per step: ONE GEMM (h_{t-1} @ W_hh^T straight into the output rows) and ONE fused
 // pass (add gi and b_hh, the nonlinearity, write h_t to the output and the state buffer).
 // Backward: one reverse walk, per step one fused pass (dL/dz, and db) and two GEMMs
@@ -14,7 +14,14 @@
 #include <string>
 #include <tuple>
 
-#include "common.h"
+#include "backward.h"
+#include "buffers.h"
+#include "checks.h"
+#include "fpmode.h"
+#include "gemm.h"
+#include "input.h"
+#include "packed.h"
+#include "vecmath.h"
 
 namespace seqnorm {
 namespace {
@@ -122,7 +129,8 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward(
               "extra (modReLU's bias) must be given for rnn_modrelu and only for it");
   at::Tensor mb;
   if (extra.has_value()) {
-    TORCH_CHECK(extra->dim() == 1 && extra->size(0) == H && extra->scalar_type() == gi.scalar_type(),
+    TORCH_CHECK(extra->dim() == 1 && extra->size(0) == H &&
+                    extra->scalar_type() == gi.scalar_type(),
                 "extra (modReLU's bias) must be (", H, ",) of gi's dtype, got ", extra->sizes());
     mb = extra->contiguous();
   }
@@ -159,12 +167,11 @@ rnn_backward(c10::string_view mode, const c10::optional<at::Tensor>& grad_out,
   const int64_t N = out.size(0), B = h0.size(0), H = out.size(1);
   TORCH_CHECK(h0.size(1) == H && w_hh.size(0) == H && w_hh.size(1) == H,
               "rnn_backward: inconsistent shapes");
-  const at::Tensor go = grad_out.has_value() ? contiguous_pooled(*grad_out) : at::Tensor();
-  TORCH_CHECK(!go.defined() || go.sizes() == out.sizes(), "grad_out must be ", out.sizes());
+  const at::Tensor go = grad_output(grad_out, out);
   const Packed p = packed_layout(batch_sizes, N, B);
-  const InputGrad ig = input_grad(x, w_ih, N, H, B, out.options());  // dL/dz = dL/dgi
-  at::Tensor dh = grad_hn.has_value() ? grad_hn->contiguous().clone() : at::zeros_like(h0);
-  at::Tensor hpT = scratch(out, H * B, 2);              // one step's h_{t-1}^T (H, bs)
+  const InputGrad in_grad = input_grad(x, w_ih, N, H, B, out.options());  // dL/dz = dL/dgi
+  at::Tensor dh = state_grad(grad_hn, h0);
+  at::Tensor hpT = scratch(out, H * B, Slot::kTransposed);  // one step's h_{t-1}^T (H, bs)
   at::Tensor dwT = at::zeros({H, H}, out.options());    // dL/dW_hh^T
   at::Tensor db = at::empty({H}, out.options());
   at::Tensor acc = at::empty({H}, out.options());       // modReLU: dL/dbias
@@ -178,7 +185,7 @@ rnn_backward(c10::string_view mode, const c10::optional<at::Tensor>& grad_out,
     for (int64_t k = 0; k < p.T; ++k) {
       const int64_t t = reverse ? k : p.T - 1 - k;
       const int64_t bs = p.sizes[t], o = p.off[t];
-      T* pz = ig.rows<T>(o, bs);
+      T* pz = in_grad.rows<T>(o, bs);
       if (go.defined()) {
         backward_step<T, true>(act, bs, H, go.data_ptr<T>() + o * H, pd, po + o * H, pz,
                                sum_b.data(), sum_m.data());
@@ -189,18 +196,14 @@ rnn_backward(c10::string_view mode, const c10::optional<at::Tensor>& grad_out,
       sum_b.flush();
       sum_m.flush();
       gemm_rm<T>(bs, H, H, pz, H, w_hh.data_ptr<T>(), H, pd, H, false);  // dL/dh_{t-1}
-      const PrevRows pr = prev_rows(p, t, reverse);
-      if (pr.n_out > 0) transpose<T>(pr.n_out, H, po + pr.out_off * H, H, pt, bs);
-      if (bs > pr.n_out)
-        transpose<T>(bs - pr.n_out, H, ph0 + pr.n_out * H, H, pt + pr.n_out, bs);
-      gemm_rm<T>(H, H, bs, pt, bs, pz, H, dwT.data_ptr<T>(), H, true);  // dW^T += h^T dz
-      ig.step<T>(o, bs);
+      add_dw_hh<T>(prev_rows(p, t, reverse), bs, H, H, po, ph0, pz, pt, dwT.data_ptr<T>());
+      in_grad.step<T>(o, bs);
     }
     sum_b.into(db);
     sum_m.into(acc);
   });
   if (act != Act::ModRelu) acc = at::empty({0}, out.options());
-  auto [dx, dw_ih, db_ih] = ig.finish(has_b_ih, db.clone());
+  auto [dx, dw_ih, db_ih] = in_grad.finish(has_b_ih, db.clone());
   return {dx, dw_ih, db_ih, dh, dwT.t().contiguous(), db, acc};
 }
 

@@ -12,18 +12,11 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence
 
 from .. import native
-from . import export, paths
-from .args import (
-    InputError,
-    autocast_enabled,
-    check_dropout,
-    check_flag,
-    check_proj_size,
-    check_size,
-)
+from ..steps import State
+from . import compute, export
+from .checks import InputError, autocast_enabled, check_dropout, check_flag, check_size
 from .module import RecurrentModule
 from .spec import CellSpec
-from .steps import State
 
 __all__ = ["RecurrentLayer"]
 
@@ -57,6 +50,12 @@ class RecurrentLayer(RecurrentModule):
             :class:`~seqnorm.layers.module.RecurrentModule`.
     """
 
+    torch_args = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
+                  "bidirectional")  # fmt: skip
+    #: ``proj_size`` is seqnorm's for an RNN or a GRU (torch's refuse it; seqnorm's accept 0,
+    #: so that tools which pass every default can build them), torch's for an LSTM.
+    seqnorm_args = ("proj_size", *RecurrentModule.seqnorm_args)
+
     def __init__(
         self,
         mode: str,
@@ -74,7 +73,6 @@ class RecurrentLayer(RecurrentModule):
         check_flag("batch_first", batch_first)
         check_flag("bidirectional", bidirectional)
         check_dropout(dropout, num_layers)
-        check_proj_size(mode, proj_size, hidden_size)
         # Plain attributes, set before nn.Module.__init__ because the parameters depend on them.
         self.num_layers, self.batch_first, self.dropout = num_layers, batch_first, float(dropout)
         self.bidirectional, self.proj_size = bidirectional, proj_size
@@ -281,7 +279,7 @@ class RecurrentLayer(RecurrentModule):
     def _run(self, x: Tensor, batch_sizes: Tensor | None, state: State) -> tuple[Tensor, State]:
         """``x``: ``(T, B, I)``, or packed data ``(N, I)`` with ``batch_sizes``."""
         spec = self.spec
-        layout = paths.Layout(spec, self.num_layers, self.num_directions, self.bias,
+        layout = compute.Layout(spec, self.num_layers, self.num_directions, self.bias,
                               self.proj_size > 0, self.dropout, self.training)  # fmt: skip
         # A mode torch has no kernel for runs the spec's own, which takes equal lengths only:
         # packed input of such a mode runs unrolled; traced or exported, it runs its step ops
@@ -300,22 +298,22 @@ class RecurrentLayer(RecurrentModule):
                 if batch_sizes is None:  # a padded batch is packed data of equal batch sizes
                     T, B = x.shape[:2]
                     sizes = torch.full((T,), B, dtype=torch.long)
-                    out, state = paths.native(
+                    out, state = compute.native(
                         layout, x.reshape(T * B, x.shape[-1]), sizes, state, units
                     )
                     return out.reshape(T, B, out.shape[-1]), state  # (T, B, D*R)
-                return paths.native(layout, x, batch_sizes, state, units)
+                return compute.native(layout, x, batch_sizes, state, units)
             if fused and not own:
-                return paths.fused(layout, x, batch_sizes, state, self._flat_weights)
+                return compute.fused(layout, x, batch_sizes, state, self._flat_weights)
             units = self.units()
             if fused:
-                return paths.fused_sequence(layout, x, state, units)
+                return compute.fused_sequence(layout, x, state, units)
             if batch_sizes is None:  # a padded batch is packed data of equal batch sizes
                 T, B = x.shape[:2]
                 sizes, data = [B] * T, x.reshape(T * B, x.shape[-1])  # (T*B, I)
             else:
                 sizes, data = batch_sizes.tolist(), x
-            out, state, rows = paths.unrolled(layout, data, sizes, state, units)  # (N, D*R)
+            out, state, rows = compute.unrolled(layout, data, sizes, state, units)  # (N, D*R)
         if self._records is not None:
             self._records.append(rows)
         if batch_sizes is None:
@@ -344,7 +342,7 @@ def _native_ok(spec: CellSpec, x: Tensor) -> bool:
         return False
     if autocast_enabled(x):  # mixed precision: torch's kernels, which autocast knows
         return False
-    if spec.native is None or spec.native not in native.MODES:
+    if spec.mode not in native.MODES:
         return False
     chosen = native.backend()
     return chosen.name == "native" and (spec.native_by_default or chosen.forced)

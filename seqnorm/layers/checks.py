@@ -21,7 +21,7 @@ from torch import Tensor
 
 from ..constraints import check_constraint
 from .init import INITS
-from .spec import spec_of
+from .spec import CellSpec
 
 #: Nonlinearities of the Elman layers and cells.
 NONLINEARITIES = ("tanh", "relu", "modrelu")
@@ -101,17 +101,19 @@ def check_dropout(dropout: object, num_layers: int) -> None:
         )
 
 
-def check_proj_size(mode: str, proj_size: object, hidden_size: object) -> None:
-    """``proj_size``: an int in ``[0, hidden_size)``, non-zero for an LSTM only.
+def check_proj_size(spec: CellSpec, proj_size: object, hidden_size: object) -> None:
+    """``proj_size``: an int in ``[0, hidden_size)``, non-zero for an LSTM only (a cell type
+    whose spec has a projection).
 
     torch's RNN and GRU refuse the keyword itself; seqnorm's accept ``proj_size=0`` (the
     default), so that tools which pass every default (LightningCLI) can build them.
     """
-    if mode != "lstm":
+    if not spec.has_projection:
         if not (_is_int(proj_size) and proj_size == 0):
             raise ValueError(
                 f"proj_size argument is only supported for LSTM, not RNN or GRU (got "
-                f"proj_size={proj_size!r} for mode {mode!r}: use SpectralLSTM, or proj_size=0)"
+                f"proj_size={proj_size!r} for mode {spec.mode!r}: use SpectralLSTM, or "
+                f"proj_size=0)"
             )
         return
     if not _is_int(proj_size):
@@ -148,9 +150,9 @@ def mode_of(nonlinearity: str) -> str:
     return f"rnn_{nonlinearity}"
 
 
-def gate_indices(mode: str, constrained_gates: Sequence[str] | None) -> tuple[int, ...]:
-    """Indices of the named gate blocks (``None``: all) of a layer of ``mode``."""
-    names = spec_of(mode).gate_names
+def gate_indices(spec: CellSpec, constrained_gates: Sequence[str] | None) -> tuple[int, ...]:
+    """Indices of the named gate blocks (``None``: all) of a layer of ``spec``'s cell type."""
+    names = spec.gate_names
     if constrained_gates is None:
         return tuple(range(len(names)))
     if isinstance(constrained_gates, str) or not all(isinstance(g, str) for g in constrained_gates):
@@ -168,7 +170,12 @@ def gate_indices(mode: str, constrained_gates: Sequence[str] | None) -> tuple[in
 
 
 def check_recurrent_init(
-    mode: str, init: str, chrono_init: int | None, bias: bool, constraint: str, options: dict
+    spec: CellSpec,
+    init: str,
+    chrono_init: int | None,
+    bias: bool,
+    constraint: str,
+    options: dict,
 ) -> None:
     """Raise ``ValueError`` for an unknown ``init``, constraint or option, or a
     ``chrono_init`` the layer cannot take."""
@@ -177,8 +184,10 @@ def check_recurrent_init(
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
     if chrono_init is None:
         return
-    if not spec_of(mode).chrono:
-        raise ValueError(f"chrono_init applies to GRU and LSTM gates only, not to mode {mode!r}")
+    if not spec.chrono:
+        raise ValueError(
+            f"chrono_init applies to GRU and LSTM gates only, not to mode {spec.mode!r}"
+        )
     if not isinstance(chrono_init, int) or isinstance(chrono_init, bool) or chrono_init < 2:
         raise ValueError(f"chrono_init must be None or an int T_max >= 2, got {chrono_init!r}")
     if not bias:

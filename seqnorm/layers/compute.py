@@ -1,11 +1,16 @@
-"""The two ways a sequence layer runs: torch's fused kernels, and the unrolled step loop.
+"""How a sequence layer computes its forward: the compute paths it chooses between.
 
-Both take the weights of every (layer, direction) *unit* in torch's flat order
+* :func:`fused`: torch's fused kernels (:func:`fused_sequence`: the spec's own
+  whole-sequence kernel, for a cell type torch has none for);
+* :func:`unrolled`: the step equations, one time step at a time;
+* :func:`native`: seqnorm's native CPU kernels.
+
+Each takes the weights of every (layer, direction) *unit* in torch's flat order
 (``weight_ih, weight_hh[, bias_ih, bias_hh][, weight_hr]`` for ``l0``, ``l0_reverse``,
-``l1``, ...) and the initial state ``(num_layers * num_directions, B, ·)``, and return the
+``l1``, ...) and the initial state ``(num_layers * num_directions, B, ·)``, and returns the
 output and the final state in torch's layout.
 
-The unrolled path works on *packed* data: ``data`` ``(N, I)`` holds the sequences' time
+The unrolled and native paths work on *packed* data: ``data`` ``(N, I)`` holds the sequences' time
 steps one after the other, ``batch_sizes[t]`` of them at step ``t`` (the longest sequences
 first, as :class:`torch.nn.utils.rnn.PackedSequence` stores them); a padded batch
 ``(T, B, I)`` is the case ``batch_sizes = [B] * T``. At step ``t`` only the first
@@ -23,8 +28,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from ..steps import State, Unit
 from .spec import CellSpec
-from .steps import State, Unit
 
 __all__ = ["Layout", "fused", "fused_sequence", "native", "unrolled"]
 
@@ -206,7 +211,7 @@ def native(
             s0: State = (hx[0][j], hx[1][j]) if lstm else hx[j]
             extra = u.extras[0] if u.extras else None  # modReLU's bias or W_hr
             # the input projection of all steps is one GEMM inside the op
-            out, final = sequence(layout.spec.native, layer_in, u.w_ih, u.b_ih, s0, u.w_hh,
+            out, final = sequence(layout.spec.mode, layer_in, u.w_ih, u.b_ih, s0, u.w_hh,
                                   u.b_hh, extra, batch_sizes, d == 1)  # fmt: skip
             outs.append(out)  # (N, R)
             finals.append(final)  # (B, R), or ((B, R), (B, H))
