@@ -311,7 +311,8 @@ def test_recipe_solves_copy_at_t100_within_600_steps():
     Judged by what it promises on any CPU (_judge_copy_curve): the loss at 0.1x the memoryless
     baseline by step 300, there on 90% of the steps from then on and on the median of the last
     100. A spike of a few steps after the solve, which the recipe's unclipped RMSprop makes on
-    some CPUs and seeds, is reported as a warning (docs/training.md, "Loss spikes").
+    some CPUs and seeds, is reported as a warning (docs/training.md, "Loss spikes with the
+    expRNN recipe").
     """
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
@@ -338,7 +339,8 @@ def test_recipe_solves_copy_at_t100_within_600_steps():
     if spike is not None:
         warnings.warn(
             f"the copy recipe's loss spiked to {spike[1]:.1f}x the memoryless baseline at step "
-            f"{spike[0]} (unclipped RMSprop; see docs/training.md, 'Loss spikes')",
+            f"{spike[0]} (unclipped RMSprop; see 'Loss spikes with the expRNN recipe' in "
+            "docs/training.md)",
             stacklevel=1,
         )
     assert not failures, (failures, [round(v / baseline, 4) for v in losses[::10]])
