@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -231,9 +232,88 @@ def test_seqmodel_recipe_options():
         SeqModel(constrained_lr=-1.0)
 
 
+# What the copy recipe promises at T=100 in 600 steps, as multiples of the memoryless
+# baseline. Measured (experiments/recipe_spike.py, docs/training.md): the loss first reached
+# 0.1x at steps 87-121 and the median of steps 500-599 was 0.003x-0.008x in 9 runs (7 seeds
+# with torch's AVX-512 kernels, 2 with its AVX2 ones); at most 1.6% of the steps after the
+# first were above 0.1x. Spikes above the baseline (2.5x-27.7x, back under 0.1x within 5
+# steps) came in 6 of the 9 runs: the recipe does not clip, so the test warns about them and
+# does not judge them.
+SOLVED = 0.1  # loss / baseline
+SOLVED_BY = 300  # first step at SOLVED at the latest
+HELD = 0.9  # fraction of the steps from the first solve on that stay at SOLVED
+
+
+def _judge_copy_curve(ratios: list[float]) -> tuple[list[str], tuple[int, float] | None]:
+    """What a copy-task loss curve misses of the recipe's promise, and its worst spike.
+
+    Args:
+        ratios: loss / memoryless baseline at every training step.
+
+    Returns:
+        The promises broken (empty when the curve keeps them all), and ``(step, ratio)`` of
+        the worst step after the first solve when it was above the baseline itself, else None.
+    """
+    first = next((i for i, r in enumerate(ratios) if r <= SOLVED), None)
+    if first is None or first > SOLVED_BY:
+        when = "never" if first is None else f"first at step {first}"
+        return [f"loss at {SOLVED}x baseline {when}, not by step {SOLVED_BY}"], None
+    failures = []
+    tail = sorted(ratios[-100:])
+    median = (tail[49] + tail[50]) / 2
+    if median > SOLVED:
+        failures.append(f"median of the last 100 steps {median:.3g}x baseline > {SOLVED}x")
+    after = ratios[first:]
+    held = sum(r <= SOLVED for r in after) / len(after)
+    if held < HELD:
+        failures.append(f"only {held:.0%} of the steps from {first} on at {SOLVED}x baseline")
+    worst = max(range(first, len(ratios)), key=ratios.__getitem__)
+    return failures, (worst, ratios[worst]) if ratios[worst] > 1 else None
+
+
+def _solved_curve(n=600, first=95, floor=0.005):
+    """From the untrained 15.6x baseline down to 0.099x at step ``first``, on to ``floor``."""
+    return [max(15.6 * (0.099 / 15.6) ** (i / first), floor) for i in range(n)]
+
+
+def _with(curve, changes):
+    curve = list(curve)
+    for i, v in changes.items():
+        curve[i] = v
+    return curve
+
+
+@pytest.mark.parametrize(
+    "curve, broken, spike",
+    [
+        (_solved_curve(), [], None),
+        (_with(_solved_curve(), {594: 0.15, 595: 27.7, 596: 0.26}), [], (595, 27.7)),  # seen
+        ([15.6] * 600, ["not by step 300"], None),  # lr = 0: the untrained loss throughout
+        ([0.95] * 600, ["not by step 300"], None),  # tanh RNN, measured: 0.95x at the end
+        (_solved_curve(first=400), ["not by step 300"], None),  # too slow
+        (_solved_curve()[:450] + [2.0] * 150, ["median of the last 100", "only 70%"], (450, 2)),
+        (_with(_solved_curve(), {i: 0.5 for i in range(100, 600, 5)}), ["only 80%"], None),
+    ],
+    ids=["solved", "solved-one-spike", "lr0", "tanh", "slow", "diverges", "unsteady"],
+)
+def test_copy_curve_judge(curve, broken, spike):
+    failures, worst = _judge_copy_curve(curve)
+    assert len(failures) == len(broken)
+    for f, b in zip(failures, broken, strict=True):
+        assert b in f, failures
+    assert worst == (pytest.approx(spike) if spike else None)
+
+
 @pytest.mark.slow
 def test_recipe_solves_copy_at_t100_within_600_steps():
-    """orthogonal + modReLU + Henaff, RMSprop 1e-3 / 1e-4 on the orthogonal part, no clipping."""
+    """orthogonal + modReLU + Henaff, RMSprop 1e-3 / 1e-4 on the orthogonal part, no clipping.
+
+    Judged by what it promises on any CPU (_judge_copy_curve): the loss at 0.1x the memoryless
+    baseline by step 300, there on 90% of the steps from then on and on the median of the last
+    100. A spike of a few steps after the solve, which the recipe's unclipped RMSprop makes on
+    some CPUs and seeds, is reported as a warning (docs/training.md, "Loss spikes with the
+    expRNN recipe").
+    """
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
     T, B, H = 100, 128, 128
@@ -255,4 +335,12 @@ def test_recipe_solves_copy_at_t100_within_600_steps():
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    assert sum(losses[-20:]) / 20 <= 0.1 * baseline, losses[-20:]
+    failures, spike = _judge_copy_curve([v / baseline for v in losses])
+    if spike is not None:
+        warnings.warn(
+            f"the copy recipe's loss spiked to {spike[1]:.1f}x the memoryless baseline at step "
+            f"{spike[0]} (unclipped RMSprop; see 'Loss spikes with the expRNN recipe' in "
+            "docs/training.md)",
+            stacklevel=1,
+        )
+    assert not failures, (failures, [round(v / baseline, 4) for v in losses[::10]])
