@@ -124,11 +124,11 @@ def two_threads(T: int, B: int, H: int, rounds: int, min_run_time: float) -> pd.
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--seq-len", type=int, default=784)
-    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--seq-len", type=int, default=300)
+    p.add_argument("--batch", type=int, default=64)
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--min-run-time", type=float, default=1.0)
+    p.add_argument("--min-run-time", type=float, default=0.5)
     p.add_argument("--quick", action="store_true", help="T=100, B=16, H=32; prints only")
     p.add_argument("--out", type=Path, default=ROOT / "experiments" / "results" / "denormal.md")
     args = p.parse_args(argv)
