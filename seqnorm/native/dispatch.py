@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import gru, lstm, rnn
+from . import gru, lru, lstm, rnn
 
 __all__ = ["MODES", "recurrence", "sequence"]
 
@@ -17,6 +17,7 @@ State = Tensor | tuple[Tensor, Tensor]
 _KERNELS: dict[str, Callable[..., Any]] = {m: rnn.sequence for m in rnn.MODES}
 _KERNELS.update({m: gru.sequence for m in gru.MODES})
 _KERNELS.update({m: lstm.sequence for m in lstm.MODES})
+_KERNELS.update({m: lru.sequence for m in lru.MODES})
 
 #: The modes that have a native kernel.
 MODES = tuple(_KERNELS)
@@ -39,7 +40,8 @@ def recurrence(
     through the step loop) and one op under ``torch.compile``.
 
     Args:
-        mode: ``rnn_tanh``, ``rnn_relu``, ``rnn_modrelu``, ``gru`` (or ``lstm``).
+        mode: ``rnn_tanh``, ``rnn_relu``, ``rnn_modrelu``, ``gru`` (or ``lstm``), or ``lru``
+            (``w_hh`` is then lambda ``(2P,)`` as real planes: :mod:`seqnorm.native.lru`).
         gi: the input projections ``x_t @ W_ih^T + b_ih`` of every step ``(N, G*H)``, packed:
             step ``t``'s rows follow step ``t - 1``'s, ``batch_sizes[t]`` of them.
         state: ``h0`` ``(B, H)`` (for an LSTM ``(h0, c0)``), ``B = batch_sizes[0]``.
