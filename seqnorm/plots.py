@@ -352,7 +352,8 @@ def eigenvalue_figure(
     names = list(unit_names) if unit_names is not None else [f"l{k}" for k in range(U)]
     if len(names) != U:
         raise ValueError(f"unit_names must have {U} names, got {len(names)}")
-    fig, axes = _figure(U, 2, 8.4, 3.4 * U + 0.4, colorbar=True)
+    fig, axes = _figure(U, 2, 9.0, 3.4 * U + 0.4, colorbar=True)
+    fig.subplots_adjust(wspace=0.45)  # room for the right panel's axis label
     lo, hi = min(steps), max(steps)
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
