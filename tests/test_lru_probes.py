@@ -162,3 +162,26 @@ def test_cli_fits_cell_lru(tmp_path, monkeypatch):
     nu = [v for k, v in ckpt["state_dict"].items() if k.endswith("nu_log.original")]
     assert len(nu) == 1 and (torch.exp(-torch.exp(nu[0])).max() > 0)
     assert (run_dir / "spectrum" / "eigenvalues.csv").exists()
+
+
+def test_lru_budget_builds_every_row(monkeypatch, tmp_path):
+    """Every (task, variant) of experiments/budgets/lru.yaml parses through the CLI and builds
+    an LRU model with the row's options (nothing is trained)."""
+    import sys
+
+    from seqnorm.cli import SeqnormCLI
+
+    monkeypatch.syspath_prepend(str(ROOT / "experiments"))
+    monkeypatch.setattr(sys, "argv", ["seqnorm"])
+    import reproduce
+
+    runs = reproduce.expand(reproduce.load_budget("lru"), tmp_path)
+    rows = {(r["task"], r["variant"]): r for r in runs if r["seed"] == 0}
+    assert len(rows) == 10
+    for (task, variant), run in rows.items():
+        cli = SeqnormCLI(SeqModel, pl.LightningDataModule, subclass_mode_data=True, run=False,
+                         args=reproduce.cli_args(run))  # fmt: skip
+        model = cli.model
+        assert model.cell == "lru" and model.rnn.state_size == 128, (task, variant)
+        assert model.hparams.constraint == variant.removeprefix("lru_")
+        assert model.pooling == ("last" if task.startswith("copy") else "mean")
