@@ -50,6 +50,8 @@ lint: $(STAMP)
 # shapes with a loss over every step (`--loss mean`), with memory and the torch-kernel rows.
 BENCH_LAST_ROWS ?= torch;torch, flushed;spectral;GEMM floor
 BENCH_ROWS ?= torch;spectral;spectral, torch kernel;GEMM floor;GEMM floor, torch.mm
+# The LRU (configs/psmnist_lru.yaml's model, and one LRU layer) beside the GRU at the psMNIST shape.
+BENCH_LRU_ROWS ?= torch;torch, flushed;spectral;LRU (psmnist_lru.yaml);LRU (psmnist_lru.yaml), torch scan;LRU layer
 BENCH = OMP_NUM_THREADS=1 $(PY) experiments/bench_speed.py --rounds 3 --min-run-time 1
 TUNED = MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=-1
 bench: $(STAMP)
@@ -61,6 +63,8 @@ bench: $(STAMP)
 	  --seq-lens 784 --batch 128 --hidden 128 --out experiments/results/speed.md
 	$(BENCH) --loss mean --variants "$(BENCH_ROWS)" --passes train,fwd \
 	  --seq-lens 100 --batch 64 --hidden 512 --out experiments/results/speed_h512.md
+	$(BENCH) --loss last --layers gru --variants "$(BENCH_LRU_ROWS)" --passes train,fwd \
+	  --no-memory --seq-lens 784 --batch 128 --hidden 128 --out experiments/results/speed_lru.md
 	$(PY) experiments/speed_table.py
 
 # The mean-loss runs again with glibc told to keep freed memory (no fresh page faults).

@@ -23,7 +23,14 @@ Rows:
 * ``GEMM floor``: the per-step ``h @ W_hh^T`` and ``dh`` GEMMs and the one ``dW_hh`` GEMM alone,
   on the native kernels' GEMM (oneDNN brgemm; ``torch.mm`` where the kernels do not build),
   and ``GEMM floor, torch.mm`` the same on ``torch.mm`` (MKL's sgemm);
-* layer ``modrelu``: ``SpectralRNN(nonlinearity="modrelu")`` against torch's tanh RNN.
+* layer ``modrelu``: ``SpectralRNN(nonlinearity="modrelu")`` against torch's tanh RNN;
+* ``LRU (psmnist_lru.yaml)``: the deep LRU of ``configs/psmnist_lru.yaml`` at that config's
+  sizes (encoder, blocks, dropout; :class:`seqnorm.LRUStack`), on the native scan, and ``...,
+  torch scan`` the same model with the scan stepped in torch ops (the backend set to torch);
+  ``LRU layer``: ``Linear(1, H)`` then one ``seqnorm.LRU(H, H)``, the layer alone at the
+  bench's width. They do not depend on the layer type: run them with ``--layers gru`` to
+  read them beside the GRU (their ratio is to torch's GRU), e.g.
+  ``--layers gru --variants "torch;spectral;LRU (psmnist_lru.yaml);LRU layer"``.
 
 Every row is timed as a training step (``train``) and forward only without a graph (``fwd``).
 
@@ -70,9 +77,11 @@ OURS = {"rnn": seqnorm.SpectralRNN, "modrelu": seqnorm.SpectralRNN, "gru": seqno
 GATES = {"rnn": 1, "modrelu": 1, "gru": 3, "lstm": 4}
 CONSTRAINTS = ("none", "spectral", "scaled", "bound", "band", "orthogonal")
 NATIVE = ["spectral, torch kernel", "GEMM floor", "GEMM floor, torch.mm"]
+LRU_ROWS = ["LRU (psmnist_lru.yaml)", "LRU (psmnist_lru.yaml), torch scan", "LRU layer"]
 VARIANTS = ["torch", "torch, flushed", "torch (2nd instance, noise gauge)", "torch spectral_norm",
             "torch spectral_norm + cached()", *CONSTRAINTS, "spectral, unroll=True",
-            *NATIVE]  # fmt: skip
+            *NATIVE, *LRU_ROWS]  # fmt: skip
+LRU_CONFIG = ROOT / "configs" / "psmnist_lru.yaml"
 PASSES = ("train", "fwd")
 LOSSES = ("last", "mean")
 RATIO, RATIO_T, GROWTH, MEMORY = 1.05, 784, 1.1, 1.2
@@ -125,6 +134,31 @@ class Floor(nn.Module):
         return g.new_zeros(1, requires_grad=True), None
 
 
+class LRULayer(nn.Module):
+    """``Linear(1, H)`` then ``seqnorm.LRU(H, H)``: the LRU layer alone at width ``H``."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.encoder = nn.Linear(1, hidden)
+        self.lru = seqnorm.LRU(hidden, hidden, r_min=0.9, r_max=0.999)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.lru(self.encoder(x))
+
+
+def lru_model(variant: str, hidden: int) -> nn.Module:
+    """The module of an LRU row: the config's deep LRU, or :class:`LRULayer`."""
+    if variant == "LRU layer":
+        return LRULayer(hidden)
+    import yaml
+
+    m = yaml.safe_load(LRU_CONFIG.read_text())["model"]
+    return seqnorm.LRUStack(1, m["hidden_size"], m.get("num_layers", 1),
+                            dropout=m.get("dropout", 0.0), constraint=m.get("constraint", "none"),
+                            constraint_options=m.get("constraint_options"),
+                            **m.get("lru_options", {}))  # fmt: skip
+
+
 @contextlib.contextmanager
 def torch_kernel():  # noqa: ANN201
     """seqnorm's layer on torch's kernels (the native backend switched off)."""
@@ -161,6 +195,9 @@ def build(layer: str, variant: str, hidden: int):  # noqa: ANN201
     if variant.startswith("GEMM floor"):
         gemm = "torch" if "torch.mm" in variant or not seqnorm.native.available() else "native"
         return Floor(layer, hidden, gemm), contextlib.nullcontext
+    if variant in LRU_ROWS:
+        native = seqnorm.native.available() and "torch scan" not in variant
+        return lru_model(variant, hidden).train(), native_kernel if native else torch_kernel
     nonlin = {"nonlinearity": "modrelu"} if layer == "modrelu" else {}
     if variant == "spectral, torch kernel":
         return OURS[layer](1, hidden, constraint="spectral", **nonlin).train(), torch_kernel

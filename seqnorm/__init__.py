@@ -13,6 +13,8 @@ from torch.nn.utils.parametrize import cached
 from .constraints import CONSTRAINTS, constrain, is_constrained
 from .denormal import denormals_flushed, flush_denormal
 from .layers import (
+    LRU,
+    LRUStack,
     SpectralGRU,
     SpectralGRUCell,
     SpectralLSTM,
@@ -27,6 +29,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CONSTRAINTS",
+    "LRU",
+    "LRUStack",
     "SpectralGRU",
     "SpectralGRUCell",
     "SpectralLSTM",

@@ -406,6 +406,13 @@ class SpectrumMonitor(_Monitor):
     ``image_every_n_steps`` and at the end of training; with a ``WandbLogger`` the figure
     is also logged as the image ``probe/spectrum/spectrum``.
 
+    For an ``LRU`` or ``LRUStack`` (diagonal recurrences, one "gate" ``lambda`` per unit) the
+    singular values are the moduli ``|lambda|``, so the CSV and ``spectrum.png`` show their
+    distribution over training; the phases are added: ``spectrum/eigenvalues.csv`` (``run_id,
+    step, layer, index, modulus, phase``, phase ``arg lambda`` in ``[0, 2 pi)``) and
+    ``spectrum/eigenvalues.png`` (:func:`seqnorm.plots.eigenvalue_figure`; W&B image
+    ``probe/spectrum/eigenvalues``).
+
     Args:
         every_n_steps: record every this many optimizer steps.
         log_images: draw and log the figure.
@@ -416,7 +423,7 @@ class SpectrumMonitor(_Monitor):
             logger's version).
     """
 
-    csv_names = ("singular_values.csv",)
+    csv_names = ("singular_values.csv", "eigenvalues.csv")
 
     @classmethod
     def run_subdir(cls) -> str:
@@ -434,7 +441,10 @@ class SpectrumMonitor(_Monitor):
         super().__init__(every_n_steps, log_images, image_every_n_steps, dirpath, run_id)
         #: ``(step, [singular values (num_layers, gates, H) per seqnorm layer])``.
         self.history: list[tuple[int, list[Tensor]]] = []
+        #: ``(step, [(moduli, phases) (units, P) per diagonal layer])`` (LRU layers only).
+        self.eigen_history: list[tuple[int, list[tuple[Tensor, Tensor]]]] = []
         self._names: list[tuple[str, tuple[str, ...]]] = []
+        self._eigen_names: list[tuple[str, list[str]]] = []
 
     def _probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
         with _probing(pl_module):
@@ -457,6 +467,20 @@ class SpectrumMonitor(_Monitor):
         self._log_metrics(trainer, metrics, step)
         header = ["step", "layer", "gate", "index", "sigma"]
         self._append_csv(trainer, "singular_values.csv", header, rows)
+        diagonal = [(p, layer, spec) for p, layer, spec in spectra if "phases" in spec]
+        if diagonal:  # diagonal recurrences: the phases beside the moduli
+            self._eigen_names = [(p, list(layer.unit_names)) for p, layer, _ in diagonal]
+            pairs = [(spec["singular_values"][:, 0], spec["phases"][:, 0]) for *_, spec in diagonal]
+            self.eigen_history.append((step, pairs))
+            rows = []
+            for (prefix, units), (mods, phases) in zip(self._eigen_names, pairs, strict=True):
+                for k, unit in enumerate(units):
+                    values = zip(mods[k].tolist(), phases[k].tolist(), strict=True)
+                    rows += [
+                        [step, f"{prefix}{unit}", i, m, ph] for i, (m, ph) in enumerate(values)
+                    ]
+            header = ["step", "layer", "index", "modulus", "phase"]
+            self._append_csv(trainer, "eigenvalues.csv", header, rows)
 
     def _draw(self, step: int) -> dict[str, Figure]:
         figs = {}
@@ -464,12 +488,30 @@ class SpectrumMonitor(_Monitor):
             name = "spectrum" if not prefix else f"spectrum_{prefix.strip('/').replace('.', '_')}"
             hist = [(s, svs[i]) for s, svs in self.history if i < len(svs)]
             figs[name] = plots.spectrum_figure(hist, gate_names=gates)
+        for i, (prefix, units) in enumerate(self._eigen_names):
+            tag = prefix.strip("/").replace(".", "_")
+            name = f"eigenvalues_{tag}" if tag else "eigenvalues"
+            hist = [(s, *pairs[i]) for s, pairs in self.eigen_history if i < len(pairs)]
+            if hist:
+                figs[name] = plots.eigenvalue_figure(hist, unit_names=units)
         return figs
 
+    def _forget_from(self, trainer: pl.Trainer, step: int) -> None:
+        self.eigen_history = [entry for entry in self.eigen_history if entry[0] < step]
+        super()._forget_from(trainer, step)
+
     def state_dict(self) -> dict[str, Any]:
-        return {"history": [(s, [v.tolist() for v in svs]) for s, svs in self.history]}
+        return {
+            "history": [(s, [v.tolist() for v in svs]) for s, svs in self.history],
+            "eigenvalues": [(s, [(m.tolist(), p.tolist()) for m, p in pairs])
+                            for s, pairs in self.eigen_history],
+        }  # fmt: skip
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = [
             (int(s), [torch.tensor(v) for v in svs]) for s, svs in state_dict.get("history", [])
+        ]
+        self.eigen_history = [
+            (int(s), [(torch.tensor(m), torch.tensor(p)) for m, p in pairs])
+            for s, pairs in state_dict.get("eigenvalues", [])
         ]

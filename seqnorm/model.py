@@ -18,14 +18,19 @@ from torchmetrics import Accuracy, MeanMetric, MeanSquaredError
 
 from .constraints import check_constraint
 from .guards import FlushDenormals, NonFiniteGuard, NonFiniteLossError
-from .layers import SpectralGRU, SpectralLSTM, SpectralRNN
+from .layers import DiagonalRecurrentLayer, LRUStack, SpectralGRU, SpectralLSTM, SpectralRNN
+from .layers.lru import check_lru_constraint
 from .linalg import check_int, compute_dtype
 from .optim import param_groups
 from .utils import eval_mode
 
 __all__ = ["CELLS", "NonFiniteLossError", "SeqModel"]
 
-CELLS = {"rnn": SpectralRNN, "gru": SpectralGRU, "lstm": SpectralLSTM}
+CELLS = {"rnn": SpectralRNN, "gru": SpectralGRU, "lstm": SpectralLSTM, "lru": LRUStack}
+#: ``lru_options`` keys (:class:`~seqnorm.layers.LRUStack`'s own arguments).
+LRU_OPTIONS = ("state_size", "r_min", "r_max", "max_phase", "norm", "glu")
+#: How a last-step task reads the recurrent layer's output: its last step, or the mean.
+POOLINGS = ("last", "mean")
 
 
 _INPUT_KINDS = ("tokens", "features")
@@ -40,13 +45,18 @@ class SeqModel(pl.LightningModule):
     """Any seqnorm layer on any benchmark: encode, recur, read out.
 
     Args:
-        cell: ``rnn``, ``gru`` or ``lstm``.
-        hidden_size: hidden units per layer.
-        num_layers: stacked recurrent layers.
-        constraint: constraint on every ``weight_hh`` (see :func:`seqnorm.constrain`).
+        cell: ``rnn``, ``gru``, ``lstm`` or ``lru`` (the deep LRU of Orvieto et al. 2023,
+            :class:`~seqnorm.layers.LRUStack`: a linear encoder, then ``num_layers`` blocks
+            norm -> LRU -> GELU -> dropout -> GLU -> dropout -> residual, ``hidden_size``
+            wide; its options in ``lru_options``; ``docs/lru.md``).
+        hidden_size: hidden units per layer (``lru``: the blocks' width).
+        num_layers: stacked recurrent layers (``lru``: blocks).
+        constraint: constraint on every ``weight_hh`` (see :func:`seqnorm.constrain`);
+            ``lru``: ``none`` or ``bound`` (caps every ``|lambda|`` at ``gamma``), the others
+            do not fit a diagonal recurrence and raise ``ValueError``.
         constraint_options: its options, e.g. ``{"gamma": 0.9}``.
         nonlinearity: ``tanh``, ``relu`` or ``modrelu`` (``cell: rnn`` only).
-        dropout: dropout between stacked layers.
+        dropout: dropout between stacked layers (``lru``: in every block).
         input_kind: ``tokens`` (one-hot encoded, as the copy-task papers do) or ``features``.
         input_dim: vocabulary size (tokens) or features per step.
         output_kind: ``per_step_class``, ``last_class`` or ``last_regression``.
@@ -90,6 +100,14 @@ class SeqModel(pl.LightningModule):
             read the whole sequence); per-step tasks read both directions at every step.
         proj_size: ``cell: lstm`` only: project the hidden state to this many features
             (0: none); the readout then reads ``proj_size`` features per direction.
+        pooling: what a last-step task (``last_class``, ``last_regression``) reads of the
+            layer's output: ``last`` (the last step; bidirectional: see above) or ``mean``
+            (the mean over steps, the LRU paper's decoder), for every cell. Per-step tasks
+            read every step: ``mean`` is refused there.
+        lru_options: ``cell: lru`` only: the LRU blocks' options, any of ``state_size``
+            (complex state entries, default ``hidden_size``), ``r_min``, ``r_max``,
+            ``max_phase`` (the ring initialisation), ``norm`` (``layer``, ``batch``,
+            ``none``) and ``glu`` (see :class:`~seqnorm.layers.LRUStack`).
 
     Attributes:
         current_batch: the batch the training step in progress works on (``None`` between
@@ -124,11 +142,33 @@ class SeqModel(pl.LightningModule):
         input_projection: bool = False,
         bidirectional: bool = False,
         proj_size: int = 0,
+        pooling: str = "last",
+        lru_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if cell not in CELLS:
             raise ValueError(f"cell must be one of {sorted(CELLS)}, got {cell!r}")
-        check_constraint(constraint, constraint_options)
+        if cell == "lru":
+            check_lru_constraint(constraint, constraint_options)
+            _check_lru_arguments(
+                bidirectional=bidirectional,
+                input_projection=input_projection,
+                init=init,
+                chrono_init=chrono_init,
+                constrained_gates=constrained_gates,
+                lru_options=lru_options,
+            )
+        else:
+            check_constraint(constraint, constraint_options)
+            if lru_options is not None:
+                raise ValueError(f"lru_options is for cell 'lru' only, got cell {cell!r}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if pooling != "last" and output_kind == "per_step_class":
+            raise ValueError(
+                f"pooling={pooling!r} is for last-step tasks; output_kind 'per_step_class' "
+                f"reads every step (use pooling='last')"
+            )
         if input_kind not in _INPUT_KINDS:
             raise ValueError(f"input_kind must be one of {_INPUT_KINDS}, got {input_kind!r}")
         if output_kind not in _OUTPUT_KINDS:
@@ -174,19 +214,32 @@ class SeqModel(pl.LightningModule):
         if cell == "lstm":
             extra["proj_size"] = proj_size
         self.input_proj = nn.Linear(input_dim, hidden_size) if input_projection else None
-        self.rnn = CELLS[cell](
-            hidden_size if input_projection else input_dim,
-            hidden_size,
-            num_layers=num_layers,
-            batch_first=True,
-            dropout=dropout,
-            constraint=constraint,
-            constraint_options=constraint_options,
-            init=init,
-            constrained_gates=constrained_gates,
-            bidirectional=bidirectional,
-            **extra,
-        )
+        self.pooling = pooling
+        if cell == "lru":  # its own encoder: Linear(input_dim, hidden_size)
+            self.rnn: nn.Module = LRUStack(
+                input_dim,
+                hidden_size,
+                num_layers,
+                dropout=dropout,
+                batch_first=True,
+                constraint=constraint,
+                constraint_options=constraint_options,
+                **(lru_options or {}),
+            )
+        else:
+            self.rnn = CELLS[cell](
+                hidden_size if input_projection else input_dim,
+                hidden_size,
+                num_layers=num_layers,
+                batch_first=True,
+                dropout=dropout,
+                constraint=constraint,
+                constraint_options=constraint_options,
+                init=init,
+                constrained_gates=constrained_gates,
+                bidirectional=bidirectional,
+                **extra,
+            )
         self.rnn.unroll = unroll
         self.bidirectional = bool(bidirectional)
         width = (2 if bidirectional else 1) * (proj_size or hidden_size)  # features per step
@@ -269,6 +322,10 @@ class SeqModel(pl.LightningModule):
         training mode a read would): logging or a penalty must not change the training
         trajectory, nor the buffers of one DDP rank only.
         """
+        if isinstance(self.rnn, DiagonalRecurrentLayer):  # diag(lambda): sigma_max = max|lambda|
+            with eval_mode(self.rnn):
+                s = self.rnn.recurrent_eigenvalues().abs().amax(dim=-1)  # (units,)
+            return {f"{unit}/lambda": s[k] for k, unit in enumerate(self.rnn.unit_names)}
         with eval_mode(self.rnn):
             maps = self.rnn.recurrent_maps()  # (units, G, H, H)
         s = torch.linalg.matrix_norm(maps.to(compute_dtype(maps.dtype)), ord=2)  # (units, G)
@@ -323,10 +380,14 @@ class SeqModel(pl.LightningModule):
 
         Per-step tasks: logits ``(B, t, C)`` at every step; last-step tasks: logits
         ``(B, C)`` or predictions ``(B,)`` from the last step (bidirectional: the forward
-        direction's last step beside the backward direction's first).
+        direction's last step beside the backward direction's first), or from the mean over
+        steps with ``pooling="mean"``.
         """
         if self.output_kind == "per_step_class":
             return self.readout(out)  # (B, t, C)
+        if self.pooling == "mean":
+            y = self.readout(out.mean(dim=1))  # (B, C)
+            return y.squeeze(-1) if self.output_kind == "last_regression" else y
         last = out[:, -1]  # (B, D * R)
         if self.bidirectional:
             R = out.shape[-1] // 2
@@ -420,3 +481,30 @@ class SeqModel(pl.LightningModule):
             return opt
         sched = self.scheduler_factory(opt)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val/loss"}}
+
+
+def _check_lru_arguments(**args: Any) -> None:
+    """``ValueError`` for an argument of the gated cells given with ``cell: lru``, or bad
+    ``lru_options`` keys (their values are checked by the LRU blocks themselves)."""
+    if args["bidirectional"]:
+        raise ValueError("cell 'lru' runs forward in time only, got bidirectional=True")
+    if args["input_projection"]:
+        raise ValueError(
+            "cell 'lru' has its own encoder (Linear(input_dim, hidden_size)), got "
+            "input_projection=True"
+        )
+    for name, default in (("init", "torch"), ("chrono_init", None), ("constrained_gates", None)):
+        if args[name] != default:
+            raise ValueError(
+                f"{name} is for the gated cells (rnn, gru, lstm); cell 'lru' initialises its "
+                f"ring with lru_options r_min, r_max, max_phase; got {name}={args[name]!r}"
+            )
+    options = args["lru_options"]
+    if options is not None and not isinstance(options, dict):
+        raise ValueError(f"lru_options must be a dict, got {type(options).__name__}")
+    if bad := sorted(set(options or {}) - set(LRU_OPTIONS)):
+        raise ValueError(
+            f"unknown lru_options key(s) {bad}; allowed: {', '.join(LRU_OPTIONS)} (width, "
+            f"blocks, dropout and the constraint are hidden_size, num_layers, dropout and "
+            f"constraint)"
+        )

@@ -31,6 +31,7 @@ from .probes import below_range, log10_floor, log10_norms
 
 __all__ = [
     "BELOW_RANGE_COLOR",
+    "eigenvalue_figure",
     "grad_norm_curve",
     "grad_norm_heatmap",
     "heatmap_limits",
@@ -313,6 +314,78 @@ def spectrum_figure(
     if hi > lo:
         _integer_ticks(bar.ax.yaxis)
     else:  # one recorded step: one tick, at it
+        bar.set_ticks([lo])
+    return fig
+
+
+def eigenvalue_figure(
+    history: Sequence[tuple[int, ArrayLike, ArrayLike]],
+    unit_names: Sequence[str] | None = None,
+) -> Figure:
+    """Eigenvalues ``lambda`` of diagonal recurrences (the LRU's), at every recorded step.
+
+    Two panels per unit: ``lambda`` in the complex plane beside the unit circle, and
+    ``|lambda|`` against the phase ``arg lambda`` (the moduli close to 1 spread out), each
+    point coloured from early (dark) to late (yellow) training steps.
+
+    Args:
+        history: ``(training step, moduli (units, P), phases (units, P))`` triples, as
+            ``weight_spectrum(layer)["singular_values"][:, 0]`` and ``["phases"][:, 0]``.
+        unit_names: a name per unit (default ``l0, l1, ...``).
+
+    >>> fig = eigenvalue_figure([(0, torch.rand(2, 8), torch.rand(2, 8)),
+    ...                          (5, torch.rand(2, 8), torch.rand(2, 8))])
+    >>> len(fig.axes)  # two panels per unit and the colour bar
+    5
+    """
+    if not history:
+        raise ValueError("history must hold at least one (step, moduli, phases), got none")
+    steps = [int(s) for s, _, _ in history]
+    mods = [torch.as_tensor(np.asarray(m)).double() for _, m, _ in history]
+    phases = [torch.as_tensor(np.asarray(p)).double() for _, _, p in history]
+    shapes = {tuple(t.shape) for t in (*mods, *phases)}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+        raise ValueError(
+            f"moduli and phases must all have one shape (units, P), got {sorted(shapes)}"
+        )
+    U = next(iter(shapes))[0]
+    names = list(unit_names) if unit_names is not None else [f"l{k}" for k in range(U)]
+    if len(names) != U:
+        raise ValueError(f"unit_names must have {U} names, got {len(names)}")
+    fig, axes = _figure(U, 2, 9.0, 3.4 * U + 0.4, colorbar=True)
+    fig.subplots_adjust(wspace=0.45)  # room for the right panel's axis label
+    lo, hi = min(steps), max(steps)
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    norm = Normalize(lo, hi) if hi > lo else Normalize(lo - 0.5, lo + 0.5)
+    cmap = colormaps["viridis"]
+    circle = np.linspace(0, 2 * np.pi, 361)
+    for k in range(U):
+        plane, polar = axes[k, 0], axes[k, 1]
+        plane.plot(np.cos(circle), np.sin(circle), color="grey", lw=0.8, ls="--")
+        polar.axhline(1.0, color="grey", lw=0.8, ls="--")
+        for step, m, p in zip(steps, mods, phases, strict=True):
+            m_k, p_k = m[k].numpy(), p[k].numpy()
+            color = [cmap(norm(step))]
+            plane.scatter(m_k * np.cos(p_k), m_k * np.sin(p_k), s=6, c=color, lw=0)
+            polar.scatter(p_k, m_k, s=6, c=color, lw=0)
+        plane.set_aspect("equal")
+        plane.set_title(f"{names[k]}: lambda", fontsize="medium")
+        plane.set_xlabel("Re")
+        plane.set_ylabel("Im")
+        polar.set_title(f"{names[k]}: |lambda| by phase", fontsize="medium")
+        polar.set_xlim(0, 2 * np.pi)
+        polar.set_xlabel("arg lambda (rad)")
+        polar.set_ylabel("|lambda|")
+        for ax in (plane, polar):
+            ax.grid(alpha=0.3)
+    bar = fig.colorbar(
+        ScalarMappable(norm, cmap), ax=axes.ravel().tolist(), label="training step", fraction=0.03
+    )
+    if hi > lo:
+        _integer_ticks(bar.ax.yaxis)
+    else:
         bar.set_ticks([lo])
     return fig
 

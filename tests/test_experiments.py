@@ -57,7 +57,7 @@ TINY_BUDGET = {
 
 
 def test_budgets_expand_and_filter(tmp_path):
-    for name in ("cpu", "paper"):
+    for name in ("cpu", "paper", "lru"):
         runs = reproduce.expand(reproduce.load_budget(name), tmp_path)
         assert runs and len({r["run_id"] for r in runs}) == len(runs)
         assert [r["seed"] for r in runs] == sorted(r["seed"] for r in runs)  # seed-major

@@ -16,16 +16,25 @@ Two paths compute the same thing:
   time, so that every hidden state is its own autograd node (the gradient probes need
   ``dL/dh_t`` for every ``t``; ``layer.recording()`` hands them out). The cells
   ``Spectral*Cell`` use the same step functions.
+
+``LRU`` (and ``LRUStack``, the paper's deep model around it) is the linear recurrent unit of
+Orvieto et al. (2023): a diagonal complex recurrence with ``|lambda| < 1`` by construction,
+called like torch's layers (:mod:`seqnorm.layers.lru`).
 """
 
 from .cells import RecurrentCell, SpectralGRUCell, SpectralLSTMCell, SpectralRNNCell
 from .checks import InputError
 from .layer import RecurrentLayer
+from .lru import LRU, DiagonalRecurrentLayer
+from .lru_stack import LRUStack
 from .module import RecurrentModule
 from .sequence import SpectralGRU, SpectralLSTM, SpectralRNN
 
 __all__ = [
+    "DiagonalRecurrentLayer",
     "InputError",
+    "LRU",
+    "LRUStack",
     "RecurrentCell",
     "RecurrentLayer",
     "RecurrentModule",

@@ -7,31 +7,42 @@ from contextlib import ExitStack, contextmanager
 
 from torch import Tensor, nn
 
-from ..layers import RecurrentLayer
+from ..layers import DiagonalRecurrentLayer, RecurrentLayer
 
 __all__ = ["StateRecording", "find_layers", "record_hidden_states"]
 
+#: What the probes take as a seqnorm sequence layer: ``SpectralRNN/GRU/LSTM``, and the layers
+#: of diagonal recurrences (``LRU``, ``LRUStack``).
+PROBED = (RecurrentLayer, DiagonalRecurrentLayer)
 
-def find_layers(model: nn.Module) -> list[tuple[str, RecurrentLayer]]:
+
+def find_layers(model: nn.Module) -> list[tuple[str, RecurrentLayer | DiagonalRecurrentLayer]]:
     """Every seqnorm sequence layer in ``model`` (``model`` itself included), module order.
 
+    A layer inside another (an ``LRU`` in an ``LRUStack``) is probed through the outer one.
+
     Args:
-        model: any module: a bare ``SpectralRNN/GRU/LSTM``, a user's model, a LightningModule.
+        model: any module: a bare ``SpectralRNN/GRU/LSTM`` or ``LRU``, a user's model, a
+            LightningModule.
 
     Returns:
         ``(qualified name, layer)`` pairs, as ``model.named_modules()`` lists them.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, RecurrentLayer)]
+    found: list[tuple[str, nn.Module]] = []
+    for n, m in model.named_modules():  # parents before children
+        if isinstance(m, PROBED) and not any(f == "" or n.startswith(f + ".") for f, _ in found):
+            found.append((n, m))
+    return found
 
 
 def _require_layers(model: nn.Module) -> list[tuple[str, RecurrentLayer]]:
     layers = find_layers(model)
     if not layers:
         raise ValueError(
-            f"model must contain a seqnorm layer (SpectralRNN, SpectralGRU or SpectralLSTM), "
-            f"found none in {type(model).__name__}"
+            f"model must contain a seqnorm layer (SpectralRNN, SpectralGRU, SpectralLSTM or "
+            f"LRU), found none in {type(model).__name__}"
         )
     return layers
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.parametrize import cached
 
+from ..layers import DiagonalRecurrentLayer
 from ..linalg import compute_dtype, stable_rank
 from .common import check_layer, preserved_buffers
 
@@ -71,11 +74,20 @@ def weight_spectrum(layer: nn.Module) -> dict[str, Tensor]:
 
     Gate order is torch's: ``r, z, n`` (GRU), ``i, f, g, o`` (LSTM).
 
+    A layer of diagonal recurrences (``LRU``, ``LRUStack``: a
+    :class:`~seqnorm.layers.DiagonalRecurrentLayer`) has one "gate", ``lambda``, per unit: its
+    singular values are the moduli ``|lambda|`` (a diagonal matrix is normal), from the
+    layer's :meth:`~seqnorm.layers.DiagonalRecurrentLayer.recurrent_eigenvalues`, and the dict
+    also holds ``phases`` ``(units, 1, P)``: ``arg lambda`` in ``[0, 2 pi)``, in the order of
+    the moduli.
+
     >>> from seqnorm import SpectralRNN
     >>> spec = weight_spectrum(SpectralRNN(2, 4, constraint="spectral"))
     >>> tuple(spec["singular_values"].shape), round(float(spec["lipschitz_bound"]), 4)
     ((1, 1, 4), 1.0)
     """
+    if isinstance(layer, DiagonalRecurrentLayer):
+        return _diagonal_spectrum(layer)
     layer = check_layer(layer)
     with preserved_buffers(layer), torch.no_grad(), cached():
         maps = layer.recurrent_maps().detach()  # (U, G, H, H)
@@ -90,4 +102,22 @@ def weight_spectrum(layer: nn.Module) -> dict[str, Tensor]:
         "sigma_max": smax,
         "stable_rank": ranks.to(s.dtype),
         "lipschitz_bound": per_layer.prod(),
+    }
+
+
+def _diagonal_spectrum(layer: DiagonalRecurrentLayer) -> dict[str, Tensor]:
+    """:func:`weight_spectrum` of diagonal recurrences, from their eigenvalues."""
+    with preserved_buffers(layer), torch.no_grad(), cached():
+        lam = layer.recurrent_eigenvalues().detach()  # (U, P) complex
+    modulus = lam.abs()  # (U, P)
+    modulus, order = modulus.sort(dim=-1, descending=True)
+    phases = torch.remainder(lam.angle(), 2 * math.pi).gather(-1, order)  # (U, P) in [0, 2 pi)
+    smax = modulus[:, :1]  # (U, 1)
+    ranks = (modulus.square().sum(-1, keepdim=True) / smax.square()).nan_to_num(0.0)  # (U, 1)
+    return {
+        "singular_values": modulus[:, None, :],
+        "sigma_max": smax,
+        "stable_rank": ranks,
+        "lipschitz_bound": smax[:, 0].prod(),
+        "phases": phases[:, None, :],
     }
