@@ -34,36 +34,32 @@ def recurrence(
 ) -> tuple[Tensor, State]:
     """Run one recurrent unit over a whole packed sequence with the native CPU kernel.
 
-        Differentiable (the backward is one reverse walk in C++; a double backward recomputes
-        through the step loop) and one op under ``torch.compile``.
+    Differentiable (the backward is one reverse walk in C++; a double backward recomputes
+    through the step loop) and one op under ``torch.compile``.
 
-        Args:
-    <<<<<<< HEAD
-            mode: one of :data:`MODES` (``rnn_tanh``, ``rnn_relu``, ``rnn_modrelu``, ``gru``,
-                ``lstm``).
-    =======
-            mode: ``rnn_tanh``, ``rnn_relu``, ``rnn_modrelu``, ``gru`` (or ``lstm``), or ``lru``
-                (``w_hh`` is then lambda ``(2P,)`` as real planes: :mod:`seqnorm.native.lru`).
-    >>>>>>> h/lru
-            gi: the input projections ``x_t @ W_ih^T + b_ih`` of every step ``(N, G*H)``, packed:
-                step ``t``'s rows follow step ``t - 1``'s, ``batch_sizes[t]`` of them.
-            state: ``h0`` ``(B, H)`` (for an LSTM ``(h0 (B, R), c0 (B, H))``, ``R`` its
-                ``proj_size`` or ``H``), ``B = batch_sizes[0]``.
-            w_hh: the recurrent matrix ``(G*H, R)``.
-            b_hh: the recurrent bias ``(G*H,)`` or ``None``.
-            extra: modReLU's bias ``(H,)`` for ``rnn_modrelu`` (the LSTM's ``W_hr``), else ``None``.
-            batch_sizes: CPU int64 ``(T,)``, non-increasing (as a ``PackedSequence`` has them).
-            reverse: walk ``t = T-1 .. 0`` (a bidirectional layer's reverse direction).
+    Args:
+        mode: one of :data:`MODES` (``rnn_tanh``, ``rnn_relu``, ``rnn_modrelu``, ``gru``,
+            ``lstm``, or ``lru``: ``w_hh`` is then lambda ``(2P,)`` as real planes,
+            :mod:`seqnorm.native.lru`).
+        gi: the input projections ``x_t @ W_ih^T + b_ih`` of every step ``(N, G*H)``, packed:
+            step ``t``'s rows follow step ``t - 1``'s, ``batch_sizes[t]`` of them.
+        state: ``h0`` ``(B, H)`` (for an LSTM ``(h0 (B, R), c0 (B, H))``, ``R`` its
+            ``proj_size`` or ``H``), ``B = batch_sizes[0]``.
+        w_hh: the recurrent matrix ``(G*H, R)``.
+        b_hh: the recurrent bias ``(G*H,)`` or ``None``.
+        extra: modReLU's bias ``(H,)`` for ``rnn_modrelu`` (the LSTM's ``W_hr``), else ``None``.
+        batch_sizes: CPU int64 ``(T,)``, non-increasing (as a ``PackedSequence`` has them).
+        reverse: walk ``t = T-1 .. 0`` (a bidirectional layer's reverse direction).
 
-        Returns:
-            ``(out, h_n)``: every step's hidden state ``(N, H)`` packed like ``gi``, and each
-            sequence's state after its own last step (``t = 0`` in reverse) ``(B, H)``.
+    Returns:
+        ``(out, h_n)``: every step's hidden state ``(N, H)`` packed like ``gi``, and each
+        sequence's state after its own last step (``t = 0`` in reverse) ``(B, H)``.
 
-        Raises:
-            ValueError: for an unknown mode, a non-CPU or non-float tensor.
-            RuntimeError: from the kernel, for shapes, dtypes or batch sizes that do not fit
-                together (the message names the argument, what was expected and what was given).
-            NativeUnavailable: if the kernels cannot be built here.
+    Raises:
+        ValueError: for an unknown mode, a non-CPU or non-float tensor.
+        RuntimeError: from the kernel, for shapes, dtypes or batch sizes that do not fit
+            together (the message names the argument, what was expected and what was given).
+        NativeUnavailable: if the kernels cannot be built here.
     """
     return sequence(mode, gi, None, None, state, w_hh, b_hh, extra, batch_sizes, reverse)
 
