@@ -131,6 +131,7 @@ class CopyMemoryDataModule(SyntheticDataModule):
             (the constructor's ``seq_len``, as :class:`CopyMemoryDataset` has it); read
             ``input_len`` or ``delay``.
         baseline: ``10 ln 8 / (T + 20)``, the memoryless cross-entropy.
+        task_name: ``copy T=<T>``.
     """
 
     input_kind: str = "tokens"
@@ -153,6 +154,10 @@ class CopyMemoryDataModule(SyntheticDataModule):
         self.delay = delay
         self.input_len = delay + 2 * COPY_LENGTH
         self.baseline = copy_baseline(delay)
+
+    @property
+    def task_name(self) -> str:
+        return f"copy T={self.delay}"
 
     @property
     def seq_len(self) -> int:
