@@ -337,7 +337,7 @@ def plot_epoch_curves(task: str, runs: pd.DataFrame, out: Path) -> Path:
     ax.set(xlabel="epoch", ylabel=f"validation {label.removeprefix('test ')}",
            title=f"{name}: validation per epoch (seeds in brackets)")  # fmt: skip
     ax.set_ylim(0, 100 if scale == 100 else None)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(alpha=0.3)
     path = out / f"epochs_{task}.png"
     fig.savefig(path, dpi=100, bbox_inches="tight")
@@ -356,7 +356,8 @@ def plot_gradflow_map(task: str, runs: pd.DataFrame, root: Path, out: Path) -> P
 
     bands, names = [], []
     key = "epochs" if is_epoch_task(runs) else "steps"
-    for (_, n), g in runs.groupby(["variant", key], sort=False):
+    groups = [(n, g) for _, v in runs.groupby("variant", sort=False) for n, g in v.groupby(key)]
+    for n, g in groups:  # rows in budget order, each by its length of run
         files = [f for f in (root / g.run_dir).map(lambda p: p / "probes.npz") if f.exists()]
         probes = [np.load(f) for f in files]
         probes = [p for p in probes if "init" in p and "end" in p]

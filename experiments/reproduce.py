@@ -229,9 +229,10 @@ def _probe(model, batch):  # noqa: ANN001, ANN202
 
 
 def curve(metrics: pd.DataFrame, metric: str) -> dict[str, list]:
-    """Every validation of a run: ``epoch`` (1-based: the epochs completed when it ran),
-    ``step``, ``val`` (``val/<metric>``) and ``test`` (``test_epoch/<metric>``, ``None`` where
-    the test set was not evaluated)."""
+    """Every validation of a run: ``epoch`` (the 1-based epoch it ran in: for validation at
+    the end of each epoch, the epochs completed), ``step`` (1-based), ``val``
+    (``val/<metric>``) and ``test`` (``test_epoch/<metric>``, ``None`` where the test set was
+    not evaluated)."""
     key = f"val/{metric}"
     if key not in metrics:
         return {"epoch": [], "step": [], "val": [], "test": []}
@@ -265,6 +266,7 @@ class Clock:
         self.invocations = int(old.get("invocations", 0)) + 1
         self._t0, self._fit_start, self._fit_s = time.time(), None, 0.0
         self._every = every_s
+        self._lock = threading.Lock()  # the heartbeat and the final save share one temp file
         threading.Thread(target=self._beat, daemon=True).start()
 
     def fit_started(self) -> None:
@@ -284,10 +286,11 @@ class Clock:
         }
 
     def save(self) -> dict[str, float]:
-        totals = self.totals()
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(totals))
-        tmp.replace(self.path)
+        with self._lock:
+            totals = self.totals()
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text(json.dumps(totals))
+            tmp.replace(self.path)
         return totals
 
     def _beat(self) -> None:
@@ -322,7 +325,7 @@ def _work(run: dict[str, Any], clock: Clock) -> dict[str, Any]:
     res.update(T=T, hidden=cfg["model.hidden_size"])
     res.update(batch=dm.batch_size, baseline=getattr(dm, "baseline", None))
     res["task_name"] = getattr(dm, "task_name", type(dm).__name__)
-    res["machine"] = f"{cpu_model()}; {cpu_features()}"
+    res["machine"] = " ".join(f"{cpu_model()}; {cpu_features()}".split())
     res["lr"] = (cfg.get("model.optimizer.init_args") or {}).get("lr")
 
     dm.setup("fit")
@@ -362,7 +365,7 @@ def _work(run: dict[str, Any], clock: Clock) -> dict[str, Any]:
     res["steps_to_criterion"] = steps_to_criterion(m, run["criterion"])
     res["curve"] = json.dumps(c := curve(m, metric))
     best = max if higher_is_better(metric) else min
-    if c["val"]:
+    if c["val"] and max_steps <= 0:  # epoch-based rows
         res["best_val_epoch"] = c["epoch"][c["val"].index(best(c["val"]))]
     if tests := [t for t in c["test"] if t is not None]:
         res["test_metric_best_over_epochs"] = best(tests)
