@@ -231,7 +231,7 @@ def epoch_headline(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "variant": list(cells),
-            f"{label}": ["; ".join(c["acc"]) for c in cells.values()],
+            f"{label} at best val epoch": ["; ".join(c["acc"]) for c in cells.values()],
             "epochs": ["; ".join(c["epochs"]) for c in cells.values()],
             "wall min": ["; ".join(c["wall"]) for c in cells.values()],
         }  # fmt: skip

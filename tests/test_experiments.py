@@ -294,8 +294,8 @@ def test_report_epoch_tables_read_a_longer_run_at_a_shorter_rows_epochs(tmp_path
     assert table["best test acc % over epochs"].tolist() == ["73.5 ± 2.1", "90", "25"]
     assert table["wall min"].tolist() == ["2", "3", "2"]  # the runs that ended there
     head = report.headline(df)
-    assert head.columns.tolist() == ["variant", "psmnist: test acc %", "psmnist: epochs",
-                                     "psmnist: wall min"]  # fmt: skip
+    assert head.columns.tolist() == ["variant", "psmnist: test acc % at best val epoch",
+                                     "psmnist: epochs", "psmnist: wall min"]  # fmt: skip
     assert head.iloc[0].tolist() == ["RECIPE", "73.5 ± 2.1 (2); 75 (1)", "2; 3", "2; 3"]
     fig = report.plot_epoch_curves("psmnist", df, tmp_path)
     assert fig.name == "epochs_psmnist.png" and fig.stat().st_size > 0
