@@ -17,10 +17,19 @@ Run the grid from a worktree of one commit so that later edits cannot change it:
         --workers 2 >> experiments/results/reproduce.log 2>&1 &
 
 Resumable: a run with a row in ``runs.csv`` is done; kill the grid and start it again, and an
-unfinished run resumes from its ``last.ckpt``. Each run writes ``runs/reproduce/<run_id>/``:
-``cmd.txt``, ``train.log``, ``logs/version_*/metrics.csv``, ``checkpoints/``, ``probes.npz``
-(``init``/``end``: log10 ||dL/dh_t||, shape (layers, T)) and ``result.json``. Paths in
-``runs.csv`` are relative to the repository.
+unfinished run resumes from its ``last.ckpt`` (written at every validation: every
+``val_check_interval`` steps, or at the end of every epoch for epoch-based rows). Each run
+writes ``runs/reproduce/<run_id>/``: ``cmd.txt``, ``train.log``,
+``logs/version_*/metrics.csv``, ``checkpoints/``, ``probes.npz`` (``init``/``end``: log10
+||dL/dh_t||, shape (layers, T)), ``clock.json`` (its wall and fit seconds summed over the
+invocations that worked on it), ``verdict.json`` and ``result.json``. Paths in ``runs.csv``
+are relative to the repository.
+
+Epoch-based rows (``trainer.max_epochs``; validation once per epoch) with ``test_every_epoch``
+also evaluate the test set after every validation (:class:`seqnorm.callbacks.EpochTest`), so
+that a row reports both the test metric at its best validation epoch and the best test
+metric over epochs (expRNN's MNIST protocol). ``runs.csv`` keeps every validation of a run in
+``curve`` (JSON: ``epoch``, ``step``, ``val`` and ``test`` lists) for the report's figures.
 """
 
 from __future__ import annotations
@@ -49,7 +58,9 @@ FIELDS = (
     "baseline steps val_loss_final val_loss_best val_metric_final val_metric_best "
     "test_loss_final test_metric_final test_loss_at_best_val test_metric_at_best_val metric "
     "steps_to_criterion criterion decay_rate_init grad_ratio_init decay_rate_end grad_ratio_end "
-    "fit_time_s wall_time_s config overrides monitor run_dir"
+    "fit_time_s wall_time_s config overrides monitor run_dir "
+    "task_name epochs best_val_epoch test_metric_best_over_epochs curve verdict invocations "
+    "machine"
 ).split()
 #: What decides a run's result: a change here makes the checkout dirty.
 TRACKED = ["seqnorm", "configs", "experiments/*.py", "experiments/budgets", "pyproject.toml"]
@@ -91,6 +102,7 @@ def expand(budget: dict[str, Any], runs_dir: Path) -> list[dict[str, Any]]:
             variant = budget["variants"][name]
             extra = (spec.get("variant_overrides") or {}).get(name, {})
             seeds = spec.get("seeds", budget.get("seeds", [0]))
+            per_seed = (spec.get("seed_overrides") or {}).get(name, {})
             for seed in (spec.get("seeds_for") or {}).get(name, seeds):
                 runs.append(
                     dict(
@@ -100,12 +112,18 @@ def expand(budget: dict[str, Any], runs_dir: Path) -> list[dict[str, Any]]:
                         variant=name,
                         label=variant.get("label", name),
                         seed=int(seed),
-                        config=spec["config"],
-                        overrides={**overrides, **variant.get("overrides", {}), **extra},
+                        config=(spec.get("variant_configs") or {}).get(name, spec["config"]),
+                        overrides={
+                            **overrides,
+                            **variant.get("overrides", {}),
+                            **extra,
+                            **per_seed.get(seed, {}),
+                        },  # fmt: skip
                         metric=spec.get("metric", "acc"),
                         monitor=spec.get("monitor", "val/loss"),
                         monitor_mode=spec.get("monitor_mode", "min"),
                         criterion=spec.get("criterion"),
+                        test_every_epoch=bool(spec.get("test_every_epoch", False)),
                         probe_batch=int(budget.get("probe_batch", 32)),
                         run_dir=str(runs_dir / f"{task}_{name}_s{seed}"),
                     )
@@ -129,16 +147,19 @@ def apply_filters(runs: list[dict[str, Any]], only: list[str]) -> list[dict[str,
 def cli_args(run: dict[str, Any]) -> list[str]:
     """The CLI arguments (without ``fit``): the task config, the overrides, and this run's
     files: a CSV logger and two checkpoints per validation (``best`` by the monitor, first, so
-    that ``trainer.test(ckpt_path="best")`` finds it; ``last`` for resume)."""
+    that ``trainer.test(ckpt_path="best")`` finds it; ``last`` for resume); with
+    ``test_every_epoch``, an :class:`~seqnorm.callbacks.EpochTest` before them."""
     run_dir = Path(run["run_dir"])
     when = {"every_n_train_steps": 0, "every_n_epochs": 1, "save_on_train_epoch_end": False}
     ckpt = {"dirpath": str(run_dir / "checkpoints"), **when}
     best = {**ckpt, "filename": "best", "monitor": run["monitor"], "mode": run["monitor_mode"]}
     last = {**ckpt, "filename": "latest", "save_last": True}
-    callbacks = [
+    callbacks: list[dict[str, Any]] = [
         {"class_path": "pytorch_lightning.callbacks.ModelCheckpoint", "init_args": a}
         for a in (best, last)
     ]
+    if run.get("test_every_epoch"):  # logged before the checkpoints of the same validation
+        callbacks.insert(0, {"class_path": "seqnorm.callbacks.EpochTest"})
     logger = {
         "class_path": "pytorch_lightning.loggers.CSVLogger",
         "init_args": {"save_dir": str(run_dir), "name": "logs"},
@@ -207,10 +228,82 @@ def _probe(model, batch):  # noqa: ANN001, ANN202
     return probes.log10_norms(norms).cpu().numpy(), summary
 
 
-def _work(run: dict[str, Any]) -> dict[str, Any]:
+def curve(metrics: pd.DataFrame, metric: str) -> dict[str, list]:
+    """Every validation of a run: ``epoch`` (the 1-based epoch it ran in: for validation at
+    the end of each epoch, the epochs completed), ``step`` (1-based), ``val``
+    (``val/<metric>``) and ``test`` (``test_epoch/<metric>``, ``None`` where the test set was
+    not evaluated)."""
+    key = f"val/{metric}"
+    if key not in metrics:
+        return {"epoch": [], "step": [], "val": [], "test": []}
+    rows = metrics[metrics[key].notna()]
+    test = rows.get(f"test_epoch/{metric}", pd.Series(None, index=rows.index, dtype=float))
+    epochs = rows["epoch"] if "epoch" in rows else pd.Series(float("nan"), index=rows.index)
+    return {
+        "epoch": [None if pd.isna(e) else int(e) + 1 for e in epochs],
+        "step": [int(s) + 1 for s in rows["step"]],
+        "val": [float(v) for v in rows[key]],
+        "test": [None if pd.isna(t) else float(t) for t in test],
+    }
+
+
+def higher_is_better(metric: str) -> bool:
+    return metric in ("acc", "symbol_acc")
+
+
+class Clock:
+    """A run's wall and fit seconds summed over every invocation that worked on it.
+
+    Kept in ``clock.json`` in the run directory and rewritten every ``every_s`` seconds by a
+    daemon thread, so that a worker killed with its grid leaves its time behind (up to
+    ``every_s`` of it lost) and the resumed run adds to it.
+    """
+
+    def __init__(self, path: Path, every_s: float = 10.0) -> None:
+        self.path = path
+        old = json.loads(path.read_text()) if path.exists() else {}
+        self._wall0, self._fit0 = float(old.get("wall_s", 0.0)), float(old.get("fit_s", 0.0))
+        self.invocations = int(old.get("invocations", 0)) + 1
+        self._t0, self._fit_start, self._fit_s = time.time(), None, 0.0
+        self._every = every_s
+        self._lock = threading.Lock()  # the heartbeat and the final save share one temp file
+        threading.Thread(target=self._beat, daemon=True).start()
+
+    def fit_started(self) -> None:
+        self._fit_start = time.time()
+
+    def fit_ended(self) -> None:
+        if self._fit_start is not None:
+            self._fit_s += time.time() - self._fit_start
+            self._fit_start = None
+
+    def totals(self) -> dict[str, float]:
+        fitting = time.time() - self._fit_start if self._fit_start is not None else 0.0
+        return {
+            "wall_s": self._wall0 + time.time() - self._t0,
+            "fit_s": self._fit0 + self._fit_s + fitting,
+            "invocations": self.invocations,
+        }
+
+    def save(self) -> dict[str, float]:
+        with self._lock:
+            totals = self.totals()
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text(json.dumps(totals))
+            tmp.replace(self.path)
+        return totals
+
+    def _beat(self) -> None:
+        while True:
+            self.save()
+            time.sleep(self._every)
+
+
+def _work(run: dict[str, Any], clock: Clock) -> dict[str, Any]:
     import numpy as np
     import pytorch_lightning as pl
     import torch
+    from bench_speed import cpu_features, cpu_model
 
     import seqnorm
     from seqnorm.cli import SeqnormCLI
@@ -228,8 +321,11 @@ def _work(run: dict[str, Any]) -> dict[str, Any]:
                      save_config_callback=None, args=args, run=False)  # fmt: skip
     model, dm, trainer, cfg = cli.model, cli.datamodule, cli.trainer, cli.config
     res: dict[str, Any] = dict(git_commit=commit, git_clean=clean, status="ok", error="")
-    res.update(T=cfg["data.init_args.seq_len"], hidden=cfg["model.hidden_size"])
+    T = cfg.get("data.init_args.seq_len") or dm.input_len  # copy: the delay; MNIST: 784
+    res.update(T=T, hidden=cfg["model.hidden_size"])
     res.update(batch=dm.batch_size, baseline=getattr(dm, "baseline", None))
+    res["task_name"] = getattr(dm, "task_name", type(dm).__name__)
+    res["machine"] = " ".join(f"{cpu_model()}; {cpu_features()}".split())
     res["lr"] = (cfg.get("model.optimizer.init_args") or {}).get("lr")
 
     dm.setup("fit")
@@ -237,16 +333,23 @@ def _work(run: dict[str, Any]) -> dict[str, Any]:
     curves = {"init": None, "end": None}
     curves["init"], init = _probe(model, batch)
     last = sorted((run_dir / "checkpoints").glob("last*.ckpt"), key=os.path.getmtime)
-    t0 = time.time()
+    clock.fit_started()
     try:
         trainer.fit(model, datamodule=dm, ckpt_path=str(last[-1]) if last else None)
     except Exception as err:  # a NaN loss, a bad config: record it, keep the grid going
         res.update(status="failed", error=f"{type(err).__name__}: {err}"[:300])
-    res["fit_time_s"] = time.time() - t0
-    res["steps"] = trainer.global_step
+    clock.fit_ended()
+    res["steps"], res["epochs"] = trainer.global_step, trainer.current_epoch
     max_steps = cfg.get("trainer.max_steps") or -1
+    max_epochs = cfg.get("trainer.max_epochs") or -1
     if res["status"] == "ok" and 0 < max_steps != trainer.global_step:
         res.update(status="failed", error=f"stopped at step {trainer.global_step}")
+    elif res["status"] == "ok" and max_steps <= 0 < max_epochs != trainer.current_epoch:
+        res.update(status="failed", error=f"stopped after epoch {trainer.current_epoch}")
+    if res["status"] == "ok":
+        cli.after_fit()  # verdict.json, as `seqnorm fit` writes it
+        res["verdict"] = cli.verdict_line
+        print(cli.verdict_line, flush=True)
     curves["end"], end = _probe(model, batch)
     np.savez(run_dir / "probes.npz", **{k: v for k, v in curves.items() if v is not None})
     res.update(decay_rate_init=init["decay_rate"], grad_ratio_init=init["grad_ratio"],
@@ -256,14 +359,16 @@ def _work(run: dict[str, Any]) -> dict[str, Any]:
     for split in ("val/loss", f"val/{metric}"):
         if split in m and m[split].notna().any():
             vals = m[split].dropna()
-            best = (
-                vals.max()
-                if metric in ("acc", "symbol_acc") and split != "val/loss"
-                else vals.min()
-            )
+            best = vals.max() if higher_is_better(metric) and split != "val/loss" else vals.min()
             key = "val_loss" if split == "val/loss" else "val_metric"
             res.update({f"{key}_final": vals.iloc[-1], f"{key}_best": best})
     res["steps_to_criterion"] = steps_to_criterion(m, run["criterion"])
+    res["curve"] = json.dumps(c := curve(m, metric))
+    best = max if higher_is_better(metric) else min
+    if c["val"] and max_steps <= 0:  # epoch-based rows
+        res["best_val_epoch"] = c["epoch"][c["val"].index(best(c["val"]))]
+    if tests := [t for t in c["test"] if t is not None]:
+        res["test_metric_best_over_epochs"] = best(tests)
     if res["status"] == "ok":
         trainer.logger = None  # the test results go into runs.csv, not into the run's log
         for tag, ckpt in (("final", None), ("at_best_val", "best")):
@@ -277,9 +382,11 @@ def worker(spec: Path) -> int:
     """Train, probe and test one run; write ``result.json`` beside ``spec``."""
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
     run = json.loads(spec.read_text())
-    t0 = time.time()
-    res = _work(run)
-    res["wall_time_s"] = time.time() - t0
+    clock = Clock(spec.with_name("clock.json"))
+    res = _work(run, clock)
+    totals = clock.save()  # summed over the invocations (a resumed run continues the count)
+    res.update(wall_time_s=totals["wall_s"], fit_time_s=totals["fit_s"],
+               invocations=totals["invocations"])  # fmt: skip
     tmp = spec.with_name("result.json.tmp")
     tmp.write_text(json.dumps(res, indent=1, default=float))
     tmp.replace(spec.with_name("result.json"))
@@ -303,8 +410,23 @@ def _rel(path: str) -> str:
     return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
 
 
+def header(out: Path) -> list[str]:
+    """The columns to append rows to ``out`` with: :data:`FIELDS`, after rewriting a
+    ``runs.csv`` written before a column was added (its rows get the new columns empty)."""
+    if not out.exists():
+        return list(FIELDS)
+    old = pd.read_csv(out)
+    columns = [*FIELDS, *(c for c in old.columns if c not in FIELDS)]
+    if list(old.columns) != columns:
+        tmp = out.with_name(out.name + ".tmp")
+        old.reindex(columns=columns).to_csv(tmp, index=False)
+        tmp.replace(out)
+    return columns
+
+
 def run_grid(runs: list[dict[str, Any]], out: Path, workers: int) -> int:
     """Run every run of ``runs`` without a row in ``out``, ``workers`` at a time."""
+    columns = header(out)
     done = set(pd.read_csv(out)["run_id"]) if out.exists() else set()
     todo = [r for r in runs if r["run_id"] not in done]
     _say(f"{len(runs)} runs, {len(runs) - len(todo)} finished, {len(todo)} to run")
@@ -324,12 +446,13 @@ def run_grid(runs: list[dict[str, Any]], out: Path, workers: int) -> int:
                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
         res = json.loads(result.read_text()) if result.exists() else {
             "status": "failed", "error": f"worker died; see {_rel(run_dir)}/train.log"}  # fmt: skip
-        row = {k: v for k, v in run.items() if k not in ("overrides", "criterion", "probe_batch")}
+        skip = ("overrides", "criterion", "probe_batch", "test_every_epoch")
+        row = {k: v for k, v in run.items() if k not in skip}
         row.update(res, run_dir=_rel(run["run_dir"]), overrides=json.dumps(run["overrides"]))
         row["criterion"] = json.dumps(run["criterion"])
         with lock:
             out.parent.mkdir(parents=True, exist_ok=True)
-            pd.DataFrame([row], columns=FIELDS).to_csv(
+            pd.DataFrame([row], columns=columns).to_csv(
                 out, mode="a", header=not out.exists(), index=False
             )
             _say(f"done {run['run_id']} [{res['status']}] in {res.get('wall_time_s', 0):.0f} s "

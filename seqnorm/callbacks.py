@@ -27,6 +27,7 @@ ends with the same weights as one without.
 from __future__ import annotations
 
 import csv
+import itertools
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,7 +48,7 @@ from .probes import below_range, find_layers, hidden_grad_norms, summarize, weig
 from .rundir import RunDirOutput
 from .utils import eval_mode
 
-__all__ = ["GradientFlowMonitor", "SpectrumMonitor"]
+__all__ = ["EpochTest", "GradientFlowMonitor", "SpectrumMonitor"]
 
 
 def _is_wandb(logger: Any) -> bool:
@@ -515,3 +516,40 @@ class SpectrumMonitor(_Monitor):
             (int(s), [(torch.tensor(m), torch.tensor(p)) for m, p in pairs])
             for s, pairs in state_dict.get("eigenvalues", [])
         ]
+
+
+class EpochTest(pl.Callback):
+    """Evaluate the test set after every validation and log it as ``test_epoch/<metric>``.
+
+    The expRNN and scoRNN papers report the best test accuracy over the epochs of a run; a
+    run that reports it beside the test accuracy at its best validation epoch needs the test
+    set at every epoch. With validation once per epoch (Lightning's default for epoch-based
+    training) this logs one value per epoch, at the step of that epoch's validation, under
+    ``test_epoch/`` (``trainer.test`` logs ``test/``). The module's
+    ``evaluate(dataloader) -> dict`` computes it (:meth:`seqnorm.SeqModel.evaluate`) on the
+    DataModule's ``test_dataloader()``, limited by ``trainer.limit_test_batches`` as
+    ``trainer.test`` is; the sanity check is skipped.
+
+    These numbers are for reporting a published protocol: choosing a checkpoint or a setting
+    by them is choosing on the test set.
+    """
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.datamodule is None or not callable(getattr(pl_module, "evaluate", None)):
+            raise ValueError(
+                "EpochTest needs a DataModule (its test_dataloader) and a module with an "
+                f"evaluate(dataloader) method, got datamodule={type(trainer.datamodule).__name__}"
+                f" and module {type(pl_module).__name__}"
+            )
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        loader = trainer.datamodule.test_dataloader()
+        limit = trainer.limit_test_batches  # as trainer.test would see the test set
+        if limit is not None and (isinstance(limit, int) or limit < 1.0):
+            n = limit if isinstance(limit, int) else int(len(loader) * limit)
+            loader = itertools.islice(loader, n)
+        results = pl_module.evaluate(loader)
+        for name, value in results.items():
+            pl_module.log(f"test_epoch/{name}", value, on_step=False, on_epoch=True)

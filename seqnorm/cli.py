@@ -14,6 +14,11 @@ monitors' CSV files). Resume a run by naming it::
 
     seqnorm fit --config configs/copy.yaml --run_dir runs/copy/version_3 --ckpt_path last
 
+Every ``fit`` ends with one line that says how the model did against its task's reference
+(:mod:`seqnorm.verdict`: the memoryless baseline for copy and adding, chance for MNIST), e.g.
+``copy T=100: val loss 0.0018 = 0.010x the memoryless baseline: learned``; the same line is in
+``verdict.json`` in the run directory and in the W&B run's summary (``verdict``).
+
 ``validate`` / ``test`` with a checkpoint of a run log into that run. How the paths of
 loggers and callbacks are placed: unset (or ``.``) -> derived from the run directory
 (``save_dir`` = the run directory, a ModelCheckpoint's ``dirpath`` = ``checkpoints/``, a
@@ -24,6 +29,7 @@ config file, then in the working directory (:mod:`seqnorm.data.paths`).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -33,6 +39,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
+from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from .data import resolve_data_dir
@@ -53,14 +60,30 @@ from .rundir import (
     place_outputs,
     read_run_id,
 )
+from .verdict import Verdict, verdict
 
-__all__ = ["SeqnormCLI", "main"]
+__all__ = ["VERDICT_FILE", "SeqnormCLI", "fit_verdict", "main"]
 
 #: DataModule attributes that wire the model (linked, so never typed twice).
 TASK_LINKS = ("input_kind", "input_dim", "output_kind", "num_classes", "baseline")
 #: Hands the run directory to the processes Lightning's ``ddp`` launcher starts.
 _INHERITED_RUN_DIR = "SEQNORM_CLI_RUN_DIR"
 _CKPT_KEYWORDS = ("last", "best", "hpc")
+#: The file in the run directory that holds the verdict of the run's last fit.
+VERDICT_FILE = "verdict.json"
+
+
+def fit_verdict(trainer: pl.Trainer, datamodule: Any) -> Verdict:
+    """The verdict of a finished fit: the trainer's last validation against the task's
+    reference, read from the DataModule (``task_name``, ``baseline``, ``num_classes``,
+    ``output_kind``; a DataModule without them gets its class name and no reference)."""
+    return verdict(
+        getattr(datamodule, "task_name", None) or type(datamodule).__name__,
+        trainer.callback_metrics,
+        baseline=getattr(datamodule, "baseline", None),
+        num_classes=getattr(datamodule, "num_classes", None),
+        output_kind=getattr(datamodule, "output_kind", None),
+    )
 
 
 class LoggerSaveConfigCallback(SaveConfigCallback):
@@ -87,6 +110,7 @@ class SeqnormCLI(LightningCLI):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.run_dir: Path | None = None
         self.run_id: str | None = None
+        self.verdict_line: str | None = None
         self._root: Path | None = None
         self._created: Path | None = None
         self._exported = False
@@ -184,6 +208,30 @@ class SeqnormCLI(LightningCLI):
                 sub.rmdir()
             d.rmdir()
 
+    # -- the end of a fit ----------------------------------------------------------------------
+    def after_fit(self) -> None:
+        """Record the fit's verdict (:func:`fit_verdict`) as ``verdict_line``, in
+        ``verdict.json`` in the run directory and in the summary of every W&B logger (rank 0
+        only; :func:`main` prints the line last)."""
+        trainer = self.trainer
+        if not trainer.is_global_zero:
+            return
+        v = fit_verdict(trainer, self.datamodule)
+        line = v.line
+        if trainer.interrupted:
+            line += f" (fit interrupted at step {trainer.global_step})"
+        record = {**v.as_dict(), "line": line, "step": trainer.global_step,
+                  "epoch": trainer.current_epoch}  # fmt: skip
+        run_dir = Path(trainer.default_root_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / VERDICT_FILE).write_text(json.dumps(record, indent=1) + "\n")
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.experiment.summary.update(
+                    {"verdict": line, "verdict/outcome": v.outcome, "verdict/ratio": v.ratio}
+                )
+        self.verdict_line = line
+
     # -- checkpoints -------------------------------------------------------------------------
     def _parse_ckpt_path(self) -> None:
         # Lightning reads the checkpoint's hyperparameters here; name the file when it can't.
@@ -200,13 +248,15 @@ class SeqnormCLI(LightningCLI):
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``seqnorm`` console script; returns None (exit code 0) on success.
 
+    A ``fit`` ends with its verdict line (:meth:`SeqnormCLI.after_fit`), printed last.
+
     Errors that come from the user's input (a bad option value, a missing data file, a
     corrupt checkpoint, a run directory that cannot be used) end the process with exit code
     2 and a one-line reason.
     """
     os.environ.setdefault("WANDB_MODE", "offline")
     try:
-        SeqnormCLI(
+        cli = SeqnormCLI(
             SeqModel,
             pl.LightningDataModule,
             subclass_mode_data=True,
@@ -226,6 +276,11 @@ def main(args: list[str] | None = None) -> None:
         _fail(_condense(str(err)))
     except (ValueError, TypeError, FileNotFoundError, RuntimeError, KeyError) as err:
         _fail(f"{type(err).__name__}: {_condense(str(err))}")
+    if cli.verdict_line is not None:  # a fit's last word: after W&B's closing messages
+        for logger in cli.trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.experiment.finish()
+        print(cli.verdict_line, flush=True)
 
 
 def _condense(message: str) -> str:

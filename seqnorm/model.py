@@ -7,11 +7,13 @@ The task wiring (``input_kind``, ``input_dim``, ``output_kind``, ``num_classes``
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from pytorch_lightning.utilities import move_data_to_device
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torchmetrics import Accuracy, MeanMetric, MeanSquaredError
@@ -347,21 +349,26 @@ class SeqModel(pl.LightningModule):
         self._log_metrics(output, y, loss, split)
         return loss
 
+    def _metric_inputs(self, output: Tensor, y: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
+        """``(preds, target)`` of each metric but ``loss`` for one batch."""
+        if self.output_kind == "per_step_class":
+            pred = output.argmax(-1)  # (B, T)
+            keep = y != 0  # the symbols to recall (0 is the blank)
+            inputs = {"acc_all_steps": (pred.flatten(), y.flatten())}
+            if keep.any():
+                inputs["symbol_acc"] = (pred[keep], y[keep])
+            return inputs
+        if self.is_classification:
+            return {"acc": (output.argmax(-1), y)}
+        return {"mse": (output.detach(), y.to(output.dtype))}
+
     def _log_metrics(self, output: Tensor, y: Tensor, loss: Tensor, split: str) -> None:
         metrics: nn.ModuleDict = getattr(self, f"{split}_metrics")
         bs = y.shape[0]
         # Calling a metric (not .update) also caches the batch value Lightning logs per step.
         metrics["loss"](loss.detach(), weight=bs)
-        if self.output_kind == "per_step_class":
-            pred = output.argmax(-1)  # (B, T)
-            keep = y != 0  # the symbols to recall (0 is the blank)
-            if keep.any():
-                metrics["symbol_acc"](pred[keep], y[keep])
-            metrics["acc_all_steps"](pred.flatten(), y.flatten())
-        elif self.is_classification:
-            metrics["acc"](output.argmax(-1), y)
-        else:
-            metrics["mse"](output.detach(), y.to(output.dtype))
+        for name, (preds, target) in self._metric_inputs(output, y).items():
+            metrics[name](preds, target)
         on_step = split == "train"
         for name, metric in metrics.items():
             self.log(
@@ -374,6 +381,32 @@ class SeqModel(pl.LightningModule):
             )
         if self.baseline is not None and split == "train":
             self.log("train/baseline", float(self.baseline), on_step=True, on_epoch=False)
+
+    @torch.no_grad()
+    def evaluate(self, dataloader: Iterable[Any]) -> dict[str, float]:
+        """The metrics of the current weights over ``dataloader``, outside a trainer's loops.
+
+        In eval mode (each module's mode restored afterwards), without gradients, with metrics
+        of its own (the ones the model logs, untouched). For a callback that evaluates a
+        split Lightning is not running, e.g. the test set at every validation
+        (:class:`seqnorm.callbacks.EpochTest`).
+
+        Args:
+            dataloader: batches ``(x, y)`` as the DataModule's loaders give them.
+
+        Returns:
+            ``{"loss": ..., <metric>: ...}``, the names the model logs under ``val/`` and
+            ``test/`` (``acc``; ``symbol_acc`` and ``acc_all_steps``; or ``mse``).
+        """
+        metrics = self._make_metrics().to(self.device)
+        with eval_mode(self):
+            for batch in dataloader:
+                x, y = move_data_to_device(batch, self.device)
+                output = self(x)
+                metrics["loss"].update(self.loss(output, y), weight=y.shape[0])
+                for name, (preds, target) in self._metric_inputs(output, y).items():
+                    metrics[name].update(preds, target)
+        return {name: float(m.compute()) for name, m in metrics.items() if m.update_count}
 
     def decode(self, out: Tensor) -> Tensor:
         """The task's output from the recurrent layer's output ``out`` ``(B, t, D * R)``.

@@ -16,7 +16,7 @@ from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.loggers.logger import Logger
 from torch.utils.data import DataLoader, TensorDataset
 
-from seqnorm.callbacks import GradientFlowMonitor, SpectrumMonitor
+from seqnorm.callbacks import EpochTest, GradientFlowMonitor, SpectrumMonitor
 from seqnorm.data import CopyMemoryDataModule
 from seqnorm.model import SeqModel
 
@@ -337,3 +337,49 @@ def test_real_wandb_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert list((media / "images" / "probe" / "gradient_flow").glob("curve_*.png"))
     assert list((media / "table" / "probe" / "gradient_flow").glob("grad_norms_*.table.json"))
     assert (tmp_path / "gradient_flow" / "heatmap.png").is_file()
+
+
+def test_epoch_test_logs_the_test_set_at_every_epoch_as_trainer_test_sees_it(
+    tmp_path: Path,
+) -> None:
+    """EpochTest: one ``test_epoch/*`` row per epoch's validation (none for the sanity check),
+    limited as trainer.test is, equal to what trainer.test reports for the same weights."""
+    model, dm = _model_and_data(constraint="spectral")
+    logger = CSVLogger(tmp_path, name="logs")
+    trainer = _trainer(tmp_path, [EpochTest()], logger, max_steps=-1, max_epochs=2,
+                       val_check_interval=1.0, check_val_every_n_epoch=1,
+                       limit_test_batches=1, num_sanity_val_steps=1)  # fmt: skip
+    trainer.fit(model, dm)
+    rows = _read_csv(Path(logger.log_dir) / "metrics.csv")
+    tested = [r for r in rows if r.get("test_epoch/symbol_acc")]
+    assert [int(r["epoch"]) for r in tested] == [0, 1]  # 6 batches an epoch: steps 5, 11
+    assert all(r["val/symbol_acc"] for r in tested)  # on the row of that epoch's validation
+    last = {k: float(v) for k, v in tested[-1].items() if k.startswith("test_epoch/") and v}
+    assert set(last) == {"test_epoch/loss", "test_epoch/symbol_acc", "test_epoch/acc_all_steps"}
+    out = trainer.test(model, dm, verbose=False)[0]  # the same weights, one test batch
+    for name, value in last.items():
+        assert value == pytest.approx(out[name.replace("test_epoch/", "test/")], rel=1e-6)
+
+
+def test_evaluate_restores_modes_and_leaves_the_logged_metrics_alone() -> None:
+    model, dm = _model_and_data(dropout=0.0)
+    dm.setup("fit")
+    model.train()
+    before = model.val_metrics["loss"].update_count
+    res = model.evaluate(dm.val_dataloader())
+    assert model.training and model.val_metrics["loss"].update_count == before
+    assert set(res) == {"loss", "symbol_acc", "acc_all_steps"} and res["loss"] > 0
+    x, y = next(iter(dm.val_dataloader()))
+    with torch.no_grad():
+        model.eval()
+        loss = model.loss(model(x), y)
+    one = model.evaluate([(x, y)])
+    assert one["loss"] == pytest.approx(float(loss), rel=1e-6)
+
+
+def test_epoch_test_needs_a_datamodule(tmp_path: Path) -> None:
+    model, dm = _model_and_data()
+    dm.setup("fit")
+    trainer = _trainer(tmp_path, [EpochTest()], False, max_steps=2)
+    with pytest.raises(ValueError, match="EpochTest needs a DataModule"):
+        trainer.fit(model, dm.train_dataloader(), dm.val_dataloader())

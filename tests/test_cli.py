@@ -83,7 +83,7 @@ def _last_line(proc: subprocess.CompletedProcess) -> str:
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
 def test_every_config_fits(config, tmp_path):
     _needs_mnist(config.stem)
-    seqnorm(
+    proc = seqnorm(
         "fit",
         "--config",
         str(config),
@@ -110,6 +110,12 @@ def test_every_config_fits(config, tmp_path):
     cli_config = json.loads(run["config"]["config"])
     assert cli_config["trainer"]["max_steps"] == 3 and cli_config["model"]["hidden_size"] == 8
     assert list(run["run_dir"].glob("files/media/images/probe/gradient_flow/heatmap_*.png"))
+    # The fit's verdict: stdout's last line, in the run directory and in the W&B summary.
+    line = proc.stdout.strip().splitlines()[-1]
+    assert json.loads((run_dir / "verdict.json").read_text())["line"] == line
+    assert json.loads(run["summary"]["verdict"]) == line
+    tasks = {"copy": "copy T=5", "adding": "adding T=6", "smnist": "sMNIST", "psmnist": "psMNIST"}
+    assert line.startswith(tasks[config.stem.split("_")[0]] + ": "), line
 
 
 def _outputs(run_dir: Path) -> dict[str, bytes]:

@@ -56,8 +56,42 @@ TINY_BUDGET = {
 }
 
 
+TINY_EPOCH_BUDGET = {
+    "name": "tiny-epochs",
+    "seeds": [0],
+    "probe_batch": 4,
+    "overrides": {"model.hidden_size": 4, "trainer.log_every_n_steps": 1},
+    "variants": {
+        "gru_none": TINY_BUDGET["variants"]["gru_none"],
+        "recipe": TINY_BUDGET["variants"]["modrelu_orthogonal"],
+    },
+    "tasks": {
+        "ecopy": {  # copy by epochs, as the MNIST rows run: validation and test every epoch
+            "config": "configs/copy.yaml",
+            "metric": "symbol_acc",
+            "monitor": "val/symbol_acc",
+            "monitor_mode": "max",
+            "test_every_epoch": True,
+            "seeds_for": {"recipe": [0, 1]},
+            "seed_overrides": {"recipe": {0: {"trainer.max_epochs": 3}}},
+            "overrides": {
+                "data.seq_len": 3,
+                "data.batch_size": 4,
+                "data.num_train": 16,
+                "data.num_val": 8,
+                "data.num_test": 8,
+                "trainer.max_steps": -1,
+                "trainer.max_epochs": 2,
+                "trainer.val_check_interval": 1.0,
+                "trainer.check_val_every_n_epoch": 1,
+            },  # fmt: skip
+        }
+    },
+}
+
+
 def test_budgets_expand_and_filter(tmp_path):
-    for name in ("cpu", "paper", "lru"):
+    for name in ("cpu", "paper", "lru", "mnist"):
         runs = reproduce.expand(reproduce.load_budget(name), tmp_path)
         assert runs and len({r["run_id"] for r in runs}) == len(runs)
         assert [r["seed"] for r in runs] == sorted(r["seed"] for r in runs)  # seed-major
@@ -70,6 +104,60 @@ def test_budgets_expand_and_filter(tmp_path):
     assert chrono and all(r["overrides"]["model.chrono_init"] == 100 for r in chrono)
     with pytest.raises(SystemExit, match="--only expects key=value"):
         reproduce.apply_filters(runs, ["colour=red"])
+
+
+def test_mnist_budget_is_the_issue_grid(tmp_path):
+    runs = {r["run_id"]: r for r in reproduce.expand(reproduce.load_budget("mnist"), tmp_path)}
+    first = next(iter(runs.values()))
+    assert first["run_id"] == "psmnist_exprnn_s0"  # the longest row starts first
+    assert first["overrides"]["trainer.max_epochs"] == 70
+    assert first["config"] == "configs/psmnist_exprnn.yaml" and first["test_every_epoch"]
+    assert runs["psmnist_exprnn_s1"]["overrides"]["trainer.max_epochs"] == 10
+    epochs = {k: r["overrides"].get("trainer.max_epochs") for k, r in runs.items()}
+    assert epochs["smnist_exprnn_s0"] == 20 and epochs["smnist_lstm_none_s0"] == 5
+    assert runs["smnist_exprnn_s0"]["config"] == "configs/smnist_exprnn.yaml"
+    assert {k for k in runs if k.endswith("_s1")} == {
+        "psmnist_exprnn_s1",
+        "psmnist_gru_spectral_s1",
+    }
+    for k, r in runs.items():
+        if k.startswith("copy"):
+            assert r["overrides"]["trainer.max_steps"] >= 2000 and not r["test_every_epoch"]
+    assert runs["copy2000_exprnn_s0"]["overrides"]["data.seq_len"] == 2000
+    assert runs["copy2000_lstm_none_s0"]["overrides"]["model.constrained_lr"] is None
+    assert len(runs) == 20
+
+
+def test_runs_csv_gains_new_columns_without_losing_rows(tmp_path):
+    out = tmp_path / "runs.csv"
+    old = [c for c in reproduce.FIELDS if c not in ("curve", "epochs", "verdict")]
+    pd.DataFrame([{"run_id": "a", "status": "ok", "steps": 4}], columns=old).to_csv(
+        out, index=False
+    )
+    assert reproduce.header(out) == list(reproduce.FIELDS)
+    df = pd.read_csv(out)
+    assert df.columns.tolist() == list(reproduce.FIELDS)
+    assert df.run_id.tolist() == ["a"] and df.steps.tolist() == [4] and df.curve.isna().all()
+
+
+def test_clock_sums_the_invocations_of_a_run(tmp_path):
+    path = tmp_path / "clock.json"
+    first = reproduce.Clock(path, every_s=3600)
+    first.fit_started()
+    first.fit_ended()
+    a = first.save()
+    second = reproduce.Clock(path, every_s=3600)  # a resumed run: its count goes on
+    b = second.totals()
+    assert b["invocations"] == 2 and b["wall_s"] >= a["wall_s"] and b["fit_s"] >= a["fit_s"]
+
+
+def test_curve_from_the_logged_metrics():
+    m = pd.DataFrame({"step": [9, 19, 29], "epoch": [0, 1, 1],
+                      "val/acc": [0.1, float("nan"), 0.3],
+                      "test_epoch/acc": [0.2, float("nan"), 0.25]})  # fmt: skip
+    assert reproduce.curve(m, "acc") == {"epoch": [1, 2], "step": [10, 30], "val": [0.1, 0.3],
+                                         "test": [0.2, 0.25]}  # fmt: skip
+    assert reproduce.curve(m.drop(columns="test_epoch/acc"), "acc")["test"] == [None, None]
 
 
 def test_bad_budget_fails_early(tmp_path):
@@ -153,11 +241,69 @@ def test_report_tables_and_check():
     proj = report.projection_table(df)
     assert len(proj) == 1 and "200 (2/2)" in proj["input projection"].iloc[0]
     checks = dict(report.check(df))
-    assert checks["one commit, clean"] and checks["no absolute paths"]
+    assert checks["each budget at one commit, clean"] and checks["no absolute paths"]
     assert not checks["a copy run at T=100 reaches the criterion"]
     dirty = df.assign(git_clean=[True, False, True, True], run_dir="/abs/path")
     checks = dict(report.check(dirty))
-    assert not checks["one commit, clean"] and not checks["no absolute paths"]
+    assert not checks["each budget at one commit, clean"] and not checks["no absolute paths"]
+    two = df.assign(budget=["cpu", "cpu", "mnist", "mnist"], git_commit=["a", "a", "b", "b"])
+    assert dict(report.check(two))["each budget at one commit, clean"]
+    assert not dict(report.check(two.assign(budget="cpu")))["each budget at one commit, clean"]
+
+
+def _epoch_runs(root) -> pd.DataFrame:
+    """psMNIST-like rows: the recipe at 3 epochs (seed 0) and 2 (seed 1), a GRU at 2, with
+    probes.npz under ``root``."""
+    import numpy as np
+
+    curves = {
+        ("recipe", 0): ([0.5, 0.8, 0.7], [0.55, 0.75, 0.9]),
+        ("recipe", 1): ([0.6, 0.7], [0.5, 0.72]),
+        ("gru", 0): ([0.2, 0.3], [0.25, 0.2]),
+    }
+    rows = []
+    for (variant, seed), (val, test) in curves.items():
+        run_dir = f"runs/psmnist_{variant}_s{seed}"
+        (root / run_dir).mkdir(parents=True)
+        z = np.log10(np.linspace(1e-3, 1.0, 8, dtype=np.float32))[None]  # (layers, T)
+        np.savez(root / run_dir / "probes.npz", init=z, end=z - seed)
+        n = len(val)
+        curve = {"epoch": list(range(1, n + 1)), "step": [10 * e for e in range(1, n + 1)],
+                 "val": val, "test": test}  # fmt: skip
+        rows.append(dict(run_id=f"psmnist_{variant}_s{seed}", status="ok", task="psmnist",
+                         task_name="psMNIST", variant=variant, label=variant.upper(), seed=seed,
+                         metric="acc", T=784, batch=128, epochs=n, steps=10 * n,
+                         curve=json.dumps(curve), wall_time_s=60.0 * n, decay_rate_init=-1.0,
+                         decay_rate_end=-2.0, run_dir=run_dir))  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_report_epoch_tables_read_a_longer_run_at_a_shorter_rows_epochs(tmp_path):
+    df = _epoch_runs(tmp_path)
+    assert report.is_epoch_task(df) and not report.is_epoch_task(_fake_runs())
+    c = report.parse_curve(df.curve[0])
+    assert report.at_epoch(c, 2) == {"val_final": 0.8, "test_at_best_val": 0.75,
+                                     "test_best": 0.75, "best_epoch": 2}  # fmt: skip
+    assert report.at_epoch(c, 3)["test_at_best_val"] == 0.75  # best val stays epoch 2
+    assert report.at_epoch(c, 3)["test_best"] == 0.9  # expRNN's protocol: best test epoch
+    assert report.at_epoch(c, 4) is None
+    table = report.epoch_table(df)
+    assert table[["variant", "epochs", "seeds"]].values.tolist() == [
+        ["RECIPE", 2, "2 (1 from a longer run)"], ["RECIPE", 3, "1"], ["GRU", 2, "1"]]  # fmt: skip
+    assert table["test acc % at best val epoch"].tolist() == ["73.5 ± 2.1", "75", "20"]
+    assert table["best test acc % over epochs"].tolist() == ["73.5 ± 2.1", "90", "25"]
+    assert table["wall min"].tolist() == ["2", "3", "2"]  # the runs that ended there
+    head = report.headline(df)
+    assert head.columns.tolist() == ["variant", "psmnist: test acc % at best val epoch",
+                                     "psmnist: epochs", "psmnist: wall min"]  # fmt: skip
+    assert head.iloc[0].tolist() == ["RECIPE", "73.5 ± 2.1 (2); 75 (1)", "2; 3", "2; 3"]
+    fig = report.plot_epoch_curves("psmnist", df, tmp_path)
+    assert fig.name == "epochs_psmnist.png" and fig.stat().st_size > 0
+    gmap = report.plot_gradflow_map("psmnist", df, tmp_path, tmp_path)
+    assert gmap.name == "gradmap_psmnist.png" and gmap.stat().st_size > 0
+    assert report.plot_gradflow_map("psmnist", df, tmp_path / "elsewhere", tmp_path) is None
+    assert set(report.LITERATURE["psMNIST"]) == {"LEM (published log)", "coRNN (published log)"}
+    assert report.LITERATURE["psMNIST"]["LEM (published log)"][1] == 63.9  # issue 28
 
 
 def test_report_gradflow_keeps_steps_below_float_range_below_it():
@@ -276,5 +422,45 @@ def test_tiny_grid_resumes_and_reports(tmp_path, capsys, monkeypatch):
         assert block.split("-->\n", 1)[1].strip() in text  # the README table is RESULTS.md's
         assert "reproduce.py --budget tiny" in text and commit[:12] in text
         assert (res / "curves_copy.png").exists() and (res / "gradflow_copy.png").exists()
+    finally:
+        subprocess.run(["rm", "-rf", str(runs_dir)], check=False)
+
+
+@pytest.mark.slow
+def test_tiny_epoch_grid_tests_every_epoch_and_reports(tmp_path):
+    """Epoch-based rows as the MNIST grid runs them (copy here, to need no data): the test set
+    at every epoch, both test numbers, the curve, the verdict, the report's figures."""
+    budget = tmp_path / "tiny-epochs.yaml"
+    budget.write_text(yaml.safe_dump(TINY_EPOCH_BUDGET))
+    out, runs_dir = tmp_path / "runs.csv", ROOT / "runs" / "test_tiny_epoch_grid"
+    args = ["--budget", str(budget), "--out", str(out), "--runs-dir", str(runs_dir)]
+    try:
+        assert reproduce.main([*args, "--allow-dirty", "--workers", "2"]) == 0
+        rows = pd.read_csv(out).set_index("run_id")
+        assert sorted(rows.index) == ["ecopy_gru_none_s0", "ecopy_recipe_s0", "ecopy_recipe_s1"]
+        for run_id, r in rows.iterrows():
+            assert r.status == "ok", r.error
+            epochs = 3 if run_id == "ecopy_recipe_s0" else 2
+            assert r.epochs == epochs and r.steps == 4 * epochs and r.invocations == 1
+            curve = json.loads(r.curve)
+            assert curve["epoch"] == list(range(1, epochs + 1)) and None not in curve["test"]
+            # trainer.test on the best checkpoint == the test set at the best validation epoch
+            best = curve["val"].index(max(curve["val"]))
+            assert r.best_val_epoch == best + 1
+            assert r.test_metric_at_best_val == pytest.approx(curve["test"][best], rel=1e-6)
+            assert r.test_metric_best_over_epochs == max(curve["test"])
+            verdict = json.loads((ROOT / r.run_dir / "verdict.json").read_text())
+            assert r.verdict == verdict["line"] and r.verdict.startswith("copy T=3: val loss")
+            assert r.wall_time_s >= r.fit_time_s > 0
+        res = tmp_path / "results"
+        readme = tmp_path / "README.md"
+        readme.write_text("<!-- results:start -->\n<!-- results:end -->\n")
+        assert (
+            report.main(["--runs", str(out), "--out-dir", str(res), "--readme", str(readme)]) == 0
+        )
+        text = (res / "RESULTS.md").read_text()
+        assert "test symbol acc % at best val epoch" in text and "over epochs" in text
+        assert (res / "epochs_ecopy.png").exists() and (res / "gradmap_ecopy.png").exists()
+        assert "ecopy: epochs" in readme.read_text()
     finally:
         subprocess.run(["rm", "-rf", str(runs_dir)], check=False)

@@ -190,6 +190,34 @@ def test_same_seed_same_losses():
     assert runs[0] == runs[1]
 
 
+def test_resume_from_an_end_of_epoch_checkpoint_trains_the_next_epoch(tmp_path):
+    """Epoch-based runs checkpoint at each epoch's validation, after its last batch: the
+    resumed run must train the next epoch whole (not skip it as 'already trained'), and end
+    where an uninterrupted run ends."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    def run(max_epochs, ckpt_dir, ckpt_path=None):
+        pl.seed_everything(3)
+        dm = CopyMemoryDataModule(seq_len=3, batch_size=4, num_train=24, num_val=4, num_test=4)
+        model = SeqModel.from_datamodule(dm, hidden_size=8, constraint="spectral")
+        every_epoch = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_epochs=1,
+                                      save_on_train_epoch_end=False)  # fmt: skip
+        trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+                             enable_model_summary=False, max_epochs=max_epochs,
+                             limit_val_batches=1, callbacks=[every_epoch])  # fmt: skip
+        trainer.fit(model, dm, ckpt_path=ckpt_path)
+        return trainer, model
+
+    whole, model_a = run(3, tmp_path / "a")
+    run(2, tmp_path / "b")  # its last.ckpt: epoch 2's validation, after its 6th batch
+    resumed, model_b = run(3, tmp_path / "b", ckpt_path=str(tmp_path / "b" / "last.ckpt"))
+    assert whole.global_step == resumed.global_step == 18  # 3 epochs of 6 batches
+    assert resumed.current_epoch == 3
+    for (name, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values(),
+                            strict=True):  # fmt: skip
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7, msg=name)
+
+
 class _FaultAtStep(SeqModel):
     """At step 4, a NaN in the inputs or targets, an inf loss or a NaN gradient."""
 

@@ -39,12 +39,13 @@ def _chunks(raw: bytes) -> Iterator[bytes]:
 
 
 def read_offline_run(run_root: Path) -> dict:
-    """Return ``{"config": {key: json}, "history_keys": set, "files": [paths]}`` of the one
-    offline run under ``run_root`` (a folder holding ``wandb/offline-run-*``)."""
+    """Return ``{"config": {key: json}, "history_keys": set, "summary": {key: json},
+    "files": [paths]}`` of the one offline run under ``run_root`` (a folder holding
+    ``wandb/offline-run-*``); ``summary`` holds the last value written for each key."""
     from wandb.proto import wandb_internal_pb2 as pb
 
     (path,) = sorted(Path(run_root).glob("**/offline-run-*/run-*.wandb"))[-1:]
-    out: dict = {"config": {}, "history_keys": set(), "files": []}
+    out: dict = {"config": {}, "history_keys": set(), "summary": {}, "files": []}
     for chunk in _chunks(path.read_bytes()):
         rec = pb.Record()
         rec.ParseFromString(chunk)
@@ -53,6 +54,10 @@ def read_offline_run(run_root: Path) -> dict:
             out["config"].update({u.key: u.value_json for u in rec.config.update})
         elif kind == "history":
             out["history_keys"].update(i.key or "/".join(i.nested_key) for i in rec.history.item)
+        elif kind == "summary":
+            out["summary"].update(
+                {u.key or "/".join(u.nested_key): u.value_json for u in rec.summary.update}
+            )
         elif kind == "files":
             out["files"].extend(f.path for f in rec.files.files)
     out["run_dir"] = path.parent

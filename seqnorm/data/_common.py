@@ -91,7 +91,10 @@ class EpochShuffleSampler(Sampler[int]):
         self.epoch = epoch
 
     def start_at_batch(self, batch: int) -> None:
-        self._skip = max(0, batch) * self.batch_size
+        skip = max(0, batch) * self.batch_size
+        # A checkpoint written after the last batch of an epoch (at its validation) resumes
+        # into the next epoch, which starts at its first batch.
+        self._skip = skip if skip < self.size else 0
 
     def __len__(self) -> int:
         return self.size

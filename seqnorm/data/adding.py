@@ -103,6 +103,7 @@ class AddingDataModule(SyntheticDataModule):
         seq_len: ``T``.
         input_len: ``T``, the full input length.
         baseline: ``1/6``, the MSE of always predicting 1.
+        task_name: ``adding T=<T>``.
     """
 
     input_kind: str = "features"
@@ -124,6 +125,10 @@ class AddingDataModule(SyntheticDataModule):
         super().__init__(batch_size, num_train, num_val, num_test, seed, num_workers)
         self.seq_len = self.input_len = length
         self.baseline = ADDING_BASELINE
+
+    @property
+    def task_name(self) -> str:
+        return f"adding T={self.seq_len}"
 
     def make_dataset(self, size: int, split: str) -> AddingDataset:
         return AddingDataset(self.seq_len, size, self.seed, split)

@@ -40,6 +40,7 @@ class SequenceDataModule(pl.LightningDataModule):
         num_classes: classes of the readout (1 for regression).
         input_len: the full input length (steps per sample).
         baseline: the loss of a memoryless predictor, or ``None``.
+        task_name: the task in a few words, as messages name it (``copy T=100``, ``psMNIST``).
 
     ``seq_len`` is each task's own setting, as its constructor takes it (copy memory: the
     delay ``T``; adding: ``T``; MNIST: 784), and equals ``input_len`` except for copy memory.
@@ -60,6 +61,11 @@ class SequenceDataModule(pl.LightningDataModule):
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
         self.test_dataset: Dataset | None = None
+
+    @property
+    def task_name(self) -> str:
+        """The task in a few words (the class name without ``DataModule`` unless overridden)."""
+        return type(self).__name__.removesuffix("DataModule")
 
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")

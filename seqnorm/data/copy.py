@@ -128,6 +128,7 @@ class CopyMemoryDataModule(SyntheticDataModule):
         seq_len: ``T``, the constructor's ``seq_len`` (as :class:`CopyMemoryDataset` has it).
         delay: ``T`` too.
         baseline: ``10 ln 8 / (T + 20)``, the memoryless cross-entropy.
+        task_name: ``copy T=<T>``.
     """
 
     input_kind: str = "tokens"
@@ -150,6 +151,10 @@ class CopyMemoryDataModule(SyntheticDataModule):
         self.seq_len = self.delay = delay
         self.input_len = delay + 2 * COPY_LENGTH
         self.baseline = copy_baseline(delay)
+
+    @property
+    def task_name(self) -> str:
+        return f"copy T={self.delay}"
 
     def make_dataset(self, size: int, split: str) -> CopyMemoryDataset:
         return CopyMemoryDataset(self.delay, size, self.seed, split)

@@ -149,7 +149,8 @@ class SequentialMNISTDataModule(SequenceDataModule):
         num_classes: 10.
         seq_len: 784.
         input_len: 784, the full input length.
-        baseline: ``None``.
+        baseline: ``None`` (the reference is chance, 10%).
+        task_name: ``psMNIST`` (permuted) or ``sMNIST``.
         data_dir: the absolute folder used.
         permutation: the pixel permutation (numpy array) or ``None``.
     """
@@ -183,6 +184,10 @@ class SequentialMNISTDataModule(SequenceDataModule):
         self.permutation: np.ndarray | None = (
             mnist_permutation(permutation_seed) if permute else None
         )
+
+    @property
+    def task_name(self) -> str:
+        return "psMNIST" if self.permute else "sMNIST"
 
     def prepare_data(self) -> None:
         """Make sure the four IDX files are in ``data_dir``, downloading them if allowed."""
