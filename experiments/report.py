@@ -49,7 +49,8 @@ COPY1000 = {"exprnn": "expRNN recipe: modReLU RNN, orthogonal, H=190", "lstm": "
 #: LEM, Rusch et al. 2022, github.com/tk-rusch/LEM src/psMNIST/result/psMNIST_log.txt (commit
 #: 6226186); coRNN, Rusch & Mishra 2021, github.com/tk-rusch/coRNN
 #: psMNIST/result/psMNIST_log.txt (3295813) and sMNIST/result/sMNIST_log.txt (7febe11).
-#: Epochs 1, 5, 10 and 20 only (issue 28); LEM's repository has no sMNIST log.
+#: Epochs 1, 5, 10 and 20 only (the points the grid's budget quotes); LEM's repository
+#: has no sMNIST log.
 LITERATURE = {
     "psMNIST": {
         "LEM (published log)": {1: 63.9, 5: 86.5, 10: 91.63, 20: 92.97},

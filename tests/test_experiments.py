@@ -303,7 +303,7 @@ def test_report_epoch_tables_read_a_longer_run_at_a_shorter_rows_epochs(tmp_path
     assert gmap.name == "gradmap_psmnist.png" and gmap.stat().st_size > 0
     assert report.plot_gradflow_map("psmnist", df, tmp_path / "elsewhere", tmp_path) is None
     assert set(report.LITERATURE["psMNIST"]) == {"LEM (published log)", "coRNN (published log)"}
-    assert report.LITERATURE["psMNIST"]["LEM (published log)"][1] == 63.9  # issue 28
+    assert report.LITERATURE["psMNIST"]["LEM (published log)"][1] == 63.9
 
 
 def test_report_gradflow_keeps_steps_below_float_range_below_it():
