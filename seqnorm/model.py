@@ -16,10 +16,10 @@ from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from pytorch_lightning.utilities import move_data_to_device
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torchmetrics import Accuracy, MeanMetric, MeanSquaredError
 
 from .constraints import check_constraint
 from .guards import FlushDenormals, NonFiniteGuard, NonFiniteLossError
+from .heads import HEADS, TaskHead
 from .layers import DiagonalRecurrentLayer, LRUStack, SpectralGRU, SpectralLSTM, SpectralRNN
 from .layers.lru import check_lru_constraint
 from .linalg import check_int, compute_dtype
@@ -36,7 +36,7 @@ POOLINGS = ("last", "mean")
 
 
 _INPUT_KINDS = ("tokens", "features")
-_OUTPUT_KINDS = ("per_step_class", "last_class", "last_regression")
+_OUTPUT_KINDS = tuple(HEADS)
 
 
 def _default_optimizer(params: Any) -> torch.optim.Optimizer:
@@ -166,15 +166,15 @@ class SeqModel(pl.LightningModule):
                 raise ValueError(f"lru_options is for cell 'lru' only, got cell {cell!r}")
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-        if pooling != "last" and output_kind == "per_step_class":
-            raise ValueError(
-                f"pooling={pooling!r} is for last-step tasks; output_kind 'per_step_class' "
-                f"reads every step (use pooling='last')"
-            )
         if input_kind not in _INPUT_KINDS:
             raise ValueError(f"input_kind must be one of {_INPUT_KINDS}, got {input_kind!r}")
         if output_kind not in _OUTPUT_KINDS:
             raise ValueError(f"output_kind must be one of {_OUTPUT_KINDS}, got {output_kind!r}")
+        if pooling != "last" and HEADS[output_kind].per_step:
+            raise ValueError(
+                f"pooling={pooling!r} is for last-step tasks; output_kind {output_kind!r} "
+                f"reads every step (use pooling='last')"
+            )
         for name, val in (("input_dim", input_dim), ("num_classes", num_classes)):
             check_int(name, val, minimum=1)
         check_int("hidden_size", hidden_size, minimum=1, expected="a positive int")
@@ -186,6 +186,7 @@ class SeqModel(pl.LightningModule):
         self.cell = cell
         self.input_kind, self.input_dim = input_kind, input_dim
         self.output_kind, self.num_classes = output_kind, num_classes
+        self.head: TaskHead = HEADS[output_kind]  # loss, metrics and output of the task
         self.baseline = baseline
         self.spectral_penalty = float(spectral_penalty)
         self.stop_on_nonfinite = stop_on_nonfinite
@@ -260,25 +261,11 @@ class SeqModel(pl.LightningModule):
 
     @property
     def is_classification(self) -> bool:
-        return self.output_kind != "last_regression"
+        return self.head.classification
 
     def _make_metrics(self) -> nn.ModuleDict:
-        """``loss`` and ``acc`` (last-step classes) or ``mse`` (regression); per-step tasks
-        (copy memory) log ``symbol_acc``, the accuracy on the non-blank targets -- the
-        symbols to recall -- and ``acc_all_steps``, every output counted (blanks are most of
-        them: it reads (T + 10) / (T + 20) for a model that only ever outputs blank)."""
-        m: dict[str, nn.Module] = {"loss": MeanMetric()}
-        if self.output_kind == "per_step_class":
-            m["symbol_acc"] = self._accuracy()
-            m["acc_all_steps"] = self._accuracy()
-        elif self.is_classification:
-            m["acc"] = self._accuracy()
-        else:
-            m["mse"] = MeanSquaredError()
-        return nn.ModuleDict(m)
-
-    def _accuracy(self) -> Accuracy:
-        return Accuracy(task="multiclass", num_classes=self.num_classes, average="micro")
+        """The head's metrics (:meth:`seqnorm.heads.TaskHead.metrics`)."""
+        return nn.ModuleDict(self.head.metrics(self.num_classes))
 
     # -- forward and loss -----------------------------------------------------------------
     def encode(self, x: Tensor) -> Tensor:
@@ -307,11 +294,7 @@ class SeqModel(pl.LightningModule):
 
     def loss(self, output: Tensor, target: Tensor) -> Tensor:
         """The task loss: cross-entropy (over every step for per-step tasks) or MSE."""
-        if self.output_kind == "per_step_class":
-            return F.cross_entropy(output.flatten(0, 1), target.flatten())
-        if self.output_kind == "last_class":
-            return F.cross_entropy(output, target)
-        return F.mse_loss(output, target.to(output.dtype))
+        return self.head.loss(output, target)
 
     def sigma_max(self) -> dict[str, Tensor]:
         """Exact largest singular value of every gate's recurrent map, differentiable.
@@ -351,16 +334,7 @@ class SeqModel(pl.LightningModule):
 
     def _metric_inputs(self, output: Tensor, y: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
         """``(preds, target)`` of each metric but ``loss`` for one batch."""
-        if self.output_kind == "per_step_class":
-            pred = output.argmax(-1)  # (B, T)
-            keep = y != 0  # the symbols to recall (0 is the blank)
-            inputs = {"acc_all_steps": (pred.flatten(), y.flatten())}
-            if keep.any():
-                inputs["symbol_acc"] = (pred[keep], y[keep])
-            return inputs
-        if self.is_classification:
-            return {"acc": (output.argmax(-1), y)}
-        return {"mse": (output.detach(), y.to(output.dtype))}
+        return self.head.metric_inputs(output, y)
 
     def _log_metrics(self, output: Tensor, y: Tensor, loss: Tensor, split: str) -> None:
         metrics: nn.ModuleDict = getattr(self, f"{split}_metrics")
@@ -416,17 +390,15 @@ class SeqModel(pl.LightningModule):
         direction's last step beside the backward direction's first), or from the mean over
         steps with ``pooling="mean"``.
         """
-        if self.output_kind == "per_step_class":
+        if self.head.per_step:
             return self.readout(out)  # (B, t, C)
         if self.pooling == "mean":
-            y = self.readout(out.mean(dim=1))  # (B, C)
-            return y.squeeze(-1) if self.output_kind == "last_regression" else y
+            return self.head.prediction(self.readout(out.mean(dim=1)))  # (B, C) or (B,)
         last = out[:, -1]  # (B, D * R)
         if self.bidirectional:
             R = out.shape[-1] // 2
             last = torch.cat([out[:, -1, :R], out[:, 0, R:]], dim=-1)  # (B, 2R)
-        y = self.readout(last)  # (B, C)
-        return y.squeeze(-1) if self.output_kind == "last_regression" else y
+        return self.head.prediction(self.readout(last))  # (B, C) or (B,)
 
     def _penalized(self, loss: Tensor) -> Tensor:
         """``loss`` plus ``spectral_penalty * penalty()`` (logged), or ``loss`` unchanged."""
@@ -444,7 +416,7 @@ class SeqModel(pl.LightningModule):
         x, y = batch
         opt = self.optimizers()
         chunks = x.split(self.tbptt_steps, dim=1)  # each chunk encoded on its own graph
-        per_step = self.output_kind == "per_step_class"
+        per_step = self.head.per_step
         targets = y.split(self.tbptt_steps, dim=1) if per_step else [y] * len(chunks)
         state, outputs, losses = None, [], []
         for i, (chunk, target) in enumerate(zip(chunks, targets, strict=True)):

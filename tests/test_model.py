@@ -283,3 +283,20 @@ def test_the_model_guards_itself_unless_told_not_to():
     kinds = [type(c) for c in SeqModel(stop_on_nonfinite=False).configure_callbacks()]
     assert kinds == [FlushDenormals]
     assert SeqModel(stop_on_nonfinite=False, flush_denormal=False).configure_callbacks() == []
+
+
+@pytest.mark.parametrize("kind", ["per_step_class", "last_class", "last_regression"])
+def test_each_output_kind_reads_its_head(kind):
+    """The loss, metrics and output of a model are its head's (seqnorm.heads)."""
+    from seqnorm.heads import HEADS
+
+    model = SeqModel(hidden_size=4, output_kind=kind, num_classes=1 if "regression" in kind else 3)
+    head = HEADS[kind]
+    assert model.head is head and model.is_classification == head.classification
+    out = model(torch.rand(2, 5, 1))
+    assert out.shape == {"per_step_class": (2, 5, 3), "last_class": (2, 3),
+                         "last_regression": (2,)}[kind]  # fmt: skip
+    y = {"per_step_class": torch.randint(0, 3, (2, 5)), "last_class": torch.tensor([0, 2]),
+         "last_regression": torch.rand(2)}[kind]  # fmt: skip
+    assert torch.equal(model.loss(out, y), head.loss(out, y))
+    assert set(model._make_metrics()) == set(head.metrics(3))
