@@ -16,6 +16,11 @@ Run the grid from a worktree of one commit so that later edits cannot change it:
     PYTHONPATH=$PWD nohup python experiments/reproduce.py --budget cpu \\
         --workers 2 >> experiments/results/reproduce.log 2>&1 &
 
+On a SLURM cluster, ``--launcher slurm`` submits every unfinished run as one task of a job
+array (submitit, the ``cluster`` extra; :class:`Cell`): each task runs the same worker and
+appends its row under a lock; a preempted or timed-out task is requeued and resumes from its
+``last.ckpt``. ``--launcher submitit-local`` runs that code path here (docs/results.md).
+
 Resumable: a run with a row in ``runs.csv`` is done; kill the grid and start it again, and an
 unfinished run resumes from its ``last.ckpt`` (written at every validation: every
 ``val_check_interval`` steps, or at the end of every epoch for epoch-based rows). Each run
