@@ -16,6 +16,11 @@ Run the grid from a worktree of one commit so that later edits cannot change it:
     PYTHONPATH=$PWD nohup python experiments/reproduce.py --budget cpu \\
         --workers 2 >> experiments/results/reproduce.log 2>&1 &
 
+On a SLURM cluster, ``--launcher slurm`` submits every unfinished run as one task of a job
+array (submitit, the ``cluster`` extra; :class:`Cell`): each task runs the same worker and
+appends its row under a lock; a preempted or timed-out task is requeued and resumes from its
+``last.ckpt``. ``--launcher submitit-local`` runs that code path here (docs/results.md).
+
 Resumable: a run with a row in ``runs.csv`` is done; kill the grid and start it again, and an
 unfinished run resumes from its ``last.ckpt`` (written at every validation: every
 ``val_check_interval`` steps, or at the end of every epoch for epoch-based rows). Each run
@@ -35,13 +40,18 @@ metric over epochs (expRNN's MNIST protocol). ``runs.csv`` keeps every validatio
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -381,6 +391,8 @@ def _work(run: dict[str, Any], clock: Clock) -> dict[str, Any]:
 def worker(spec: Path) -> int:
     """Train, probe and test one run; write ``result.json`` beside ``spec``."""
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+    # SLURM's preemption signal may reach the whole job: the cell answers it (Cell.checkpoint)
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     run = json.loads(spec.read_text())
     clock = Clock(spec.with_name("clock.json"))
     res = _work(run, clock)
@@ -424,43 +436,177 @@ def header(out: Path) -> list[str]:
     return columns
 
 
+@contextmanager
+def locked(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``out`` (``<out>.lock``, ``flock``): the threads of the local
+    launcher and the tasks of a job array append their rows one at a time."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_name(out.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def finished(out: Path) -> set[str]:
+    """The run ids with a row in ``out``."""
+    return set(pd.read_csv(out, usecols=["run_id"])["run_id"]) if out.exists() else set()
+
+
+def append_row(run: dict[str, Any], out: Path, t0: float | None = None) -> dict[str, Any]:
+    """Append the row of a run whose worker has ended (its ``result.json``, or a failed row
+    that points at its log) to ``out``, under :func:`locked`; a run that already has a row
+    (a cell that ran twice) is not written again. Returns the worker's result."""
+    run_dir = Path(run["run_dir"])
+    result = run_dir / "result.json"
+    res = json.loads(result.read_text()) if result.exists() else {
+        "status": "failed", "error": f"worker died; see {_rel(run_dir)}/train.log"}  # fmt: skip
+    skip = ("overrides", "criterion", "probe_batch", "test_every_epoch")
+    row = {k: v for k, v in run.items() if k not in skip}
+    row.update(res, run_dir=_rel(run["run_dir"]), overrides=json.dumps(run["overrides"]))
+    row["criterion"] = json.dumps(run["criterion"])
+    with locked(out):
+        if run["run_id"] in finished(out):
+            _say(f"{run['run_id']} already has a row in {out.name}: not written again")
+            return res
+        columns = header(out)
+        pd.DataFrame([row], columns=columns).to_csv(
+            out, mode="a", header=not out.exists(), index=False
+        )
+    elapsed = f" ({(time.time() - t0) / 60:.1f} min elapsed)" if t0 is not None else ""
+    _say(f"done {run['run_id']} [{res['status']}] in {res.get('wall_time_s', 0):.0f} s{elapsed}")
+    return res
+
+
+def run_cell(
+    run: dict[str, Any],
+    out: Path,
+    t0: float | None = None,
+    started: Callable[[subprocess.Popen], None] | None = None,
+) -> dict[str, Any]:
+    """One cell of the grid, for every launcher: train it in a worker process (unless its
+    ``result.json`` is there: its worker finished after the grid was killed), then append its
+    row. ``started`` is handed the worker's process (the submitit cell stops it on preemption).
+    """
+    run_dir = Path(run["run_dir"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not (run_dir / "result.json").exists():
+        (run_dir / "spec.json").write_text(json.dumps(run, indent=1))
+        _say(f"start {run['run_id']}")
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+               "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}  # fmt: skip
+        cmd = [sys.executable, __file__, "--worker", str(run_dir / "spec.json")]
+        with open(run_dir / "train.log", "a") as log:
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            if started is not None:
+                started(proc)
+            while proc.poll() is None:  # not wait(): a signal handler may stop the worker
+                time.sleep(0.5)
+    return append_row(run, out, t0)
+
+
 def run_grid(runs: list[dict[str, Any]], out: Path, workers: int) -> int:
     """Run every run of ``runs`` without a row in ``out``, ``workers`` at a time."""
-    columns = header(out)
-    done = set(pd.read_csv(out)["run_id"]) if out.exists() else set()
+    header(out)
+    done = finished(out)
     todo = [r for r in runs if r["run_id"] not in done]
     _say(f"{len(runs)} runs, {len(runs) - len(todo)} finished, {len(todo)} to run")
-    lock, t0 = threading.Lock(), time.time()
-
-    def one(run: dict[str, Any]) -> None:
-        run_dir = Path(run["run_dir"])
-        run_dir.mkdir(parents=True, exist_ok=True)
-        result = run_dir / "result.json"
-        if not result.exists():  # else its worker finished after the grid was killed
-            (run_dir / "spec.json").write_text(json.dumps(run, indent=1))
-            _say(f"start {run['run_id']}")
-            env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-                   "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}  # fmt: skip
-            with open(run_dir / "train.log", "a") as log:
-                subprocess.run([sys.executable, __file__, "--worker", str(run_dir / "spec.json")],
-                               cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
-        res = json.loads(result.read_text()) if result.exists() else {
-            "status": "failed", "error": f"worker died; see {_rel(run_dir)}/train.log"}  # fmt: skip
-        skip = ("overrides", "criterion", "probe_batch", "test_every_epoch")
-        row = {k: v for k, v in run.items() if k not in skip}
-        row.update(res, run_dir=_rel(run["run_dir"]), overrides=json.dumps(run["overrides"]))
-        row["criterion"] = json.dumps(run["criterion"])
-        with lock:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            pd.DataFrame([row], columns=columns).to_csv(
-                out, mode="a", header=not out.exists(), index=False
-            )
-            _say(f"done {run['run_id']} [{res['status']}] in {res.get('wall_time_s', 0):.0f} s "
-                 f"({(time.time() - t0) / 60:.1f} min elapsed)")  # fmt: skip
-
+    t0 = time.time()
     with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(one, todo))
+        list(pool.map(lambda run: run_cell(run, out, t0), todo))
     return len(todo)
+
+
+# -- the grid through submitit (SLURM job arrays) -----------------------------------------------
+class Cell:
+    """One cell as a submitit job: :func:`run_cell` in the job's process.
+
+    Preemption and time limits: SLURM signals the job (``USR2``, ``signal_delay_s`` before the
+    limit, or when preempted); submitit calls :meth:`checkpoint`, which stops the worker
+    (``SIGTERM``: Lightning ends the step it is in) and hands submitit the same cell to requeue.
+    The requeued cell's worker resumes from the run's ``last.ckpt`` (written at every
+    validation), as a restarted local grid does.
+    """
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self._worker: subprocess.Popen | None = None
+
+    def __call__(self, run: dict[str, Any]) -> str:
+        return run_cell(run, self.out, started=self._keep)["status"]
+
+    def _keep(self, proc: subprocess.Popen) -> None:
+        self._worker = proc
+
+    def checkpoint(self, run: dict[str, Any]) -> Any:
+        """submitit's checkpoint hook: stop the worker, requeue the cell."""
+        from submitit.helpers import DelayedSubmission
+
+        worker, deadline = self._worker, time.time() + 60
+        if worker is not None and worker.poll() is None:
+            worker.terminate()
+            while worker.poll() is None and time.time() < deadline:
+                time.sleep(0.2)
+            if worker.poll() is None:
+                worker.kill()
+        return DelayedSubmission(Cell(self.out), run)
+
+
+def _submitit() -> Any:
+    try:
+        import submitit
+    except ImportError:
+        raise SystemExit(
+            "reproduce: this launcher needs submitit: pip install -e '.[cluster]' "
+            "(or pip install submitit)"
+        ) from None
+    return submitit
+
+
+def make_executor(ns: argparse.Namespace) -> Any:
+    """submitit's executor for ``--launcher slurm`` (one array task per cell, one node each)
+    or ``submitit-local`` (the same cells as processes on this machine)."""
+    if ns.launcher == "slurm" and shutil.which("sbatch") is None:
+        raise SystemExit(
+            "reproduce: --launcher slurm needs SLURM's sbatch on the PATH and found none "
+            "(run it on the cluster's login node, or use --launcher local)"
+        )
+    submitit = _submitit()
+    cluster = "slurm" if ns.launcher == "slurm" else "local"
+    folder = ns.runs_dir.resolve() / "submitit" / "%j"
+    executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
+    params: dict[str, Any] = dict(
+        name="seqnorm-grid", timeout_min=ns.time_min, cpus_per_task=ns.cpus_per_task,
+        gpus_per_node=ns.gpus_per_task, tasks_per_node=1, nodes=1,
+    )  # fmt: skip
+    if cluster == "slurm":
+        params.update(slurm_array_parallelism=ns.array_parallelism)
+        if ns.partition:
+            params.update(slurm_partition=ns.partition)
+        if ns.mem_gb:
+            params.update(mem_gb=ns.mem_gb)
+    executor.update_parameters(**params)
+    return executor
+
+
+def submit(runs: list[dict[str, Any]], out: Path, executor: Any) -> list[Any]:
+    """Submit every run of ``runs`` without a row in ``out`` as one element of a job array of
+    ``executor``; the cells append their own rows. Returns the jobs."""
+    import cloudpickle
+
+    header(out)
+    done = finished(out)
+    todo = [r for r in runs if r["run_id"] not in done]
+    _say(f"{len(runs)} runs, {len(runs) - len(todo)} finished, {len(todo)} to submit")
+    if not todo:
+        return []
+    if __name__ != "__main__":  # imported (tests): the job process may not find this module
+        cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    jobs = executor.map_array(Cell(out), todo)
+    _say(f"submitted {len(jobs)} cells: job {jobs[0].job_id.split('_')[0]}; "
+         f"logs in {_rel(str(jobs[0].paths.folder.parent))}")  # fmt: skip
+    return jobs
 
 
 def _say(message: str) -> None:
@@ -476,6 +622,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the runs.csv to append to")
     parser.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR, help="per-run dirs")
     parser.add_argument("--allow-dirty", action="store_true", help="run from a dirty checkout")
+    parser.add_argument(
+        "--launcher",
+        choices=("local", "slurm", "submitit-local"),
+        default="local",
+        help="local: --workers processes here; slurm: one SLURM job array task per unfinished "
+        "run (submitit); submitit-local: the slurm code path as processes here (all at once)",
+    )
+    slurm = parser.add_argument_group("slurm (and submitit-local)")
+    slurm.add_argument("--partition", help="SLURM partition (default: the cluster's)")
+    slurm.add_argument("--time-min", type=int, default=240, help="time limit per run, minutes")
+    slurm.add_argument("--cpus-per-task", type=int, default=1, help="CPUs per run")
+    slurm.add_argument("--gpus-per-task", type=int, default=0, help="GPUs per run")
+    slurm.add_argument("--mem-gb", type=float, help="memory per run, GB (default: the cluster's)")
+    slurm.add_argument("--array-parallelism", type=int, default=64, help="runs at once")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     ns = parser.parse_args(argv)
     if ns.worker:
@@ -496,7 +656,16 @@ def main(argv: list[str] | None = None) -> int:
             f"reproduce: {ROOT} has uncommitted changes under {' '.join(TRACKED)} (commit "
             f"{commit[:12]}); commit them, run from a clean worktree, or pass --allow-dirty"
         )
-    run_grid(runs, ns.out.resolve(), ns.workers)
+    if ns.launcher == "local":
+        run_grid(runs, ns.out.resolve(), ns.workers)
+        return 0
+    jobs = submit(runs, ns.out.resolve(), make_executor(ns))
+    if ns.launcher == "submitit-local":  # its processes are this one's children: wait
+        for job in jobs:
+            job.result()
+    elif jobs:
+        _say("each task appends its row to the runs.csv when it ends; a preempted or timed-out "
+             "task is requeued and resumes from its last.ckpt; squeue --me to follow")  # fmt: skip
     return 0
 
 
