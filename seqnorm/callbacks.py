@@ -26,9 +26,7 @@ ends with the same weights as one without.
 
 from __future__ import annotations
 
-import csv
 import itertools
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,7 +43,7 @@ from torch import Tensor
 from . import plots
 from .linalg import check_int
 from .probes import below_range, find_layers, hidden_grad_norms, summarize, weight_spectrum
-from .rundir import RunDirOutput
+from .rundir import RunDirOutput, append_run_rows, drop_run_rows_from
 from .utils import eval_mode
 
 __all__ = ["EpochTest", "GradientFlowMonitor", "SpectrumMonitor"]
@@ -174,15 +172,7 @@ class _Monitor(pl.Callback, RunDirOutput):
         return f"version_{version}" if isinstance(version, int) else str(version)
 
     def _append_csv(self, trainer: pl.Trainer, name: str, header: list[str], rows: list) -> None:
-        path = self.output_dir(trainer) / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        new = not path.exists()
-        run = self.run_name(trainer)
-        with path.open("a", newline="") as f:
-            w = csv.writer(f)
-            if new:
-                w.writerow(["run_id", *header])
-            w.writerows([run, *row] for row in rows)
+        append_run_rows(self.output_dir(trainer) / name, self.run_name(trainer), header, rows)
 
     def _forget_from(self, trainer: pl.Trainer, step: int) -> None:
         """Drop this run's rows and history from ``step`` on: a resumed run restarts at its
@@ -191,22 +181,8 @@ class _Monitor(pl.Callback, RunDirOutput):
         self.history = [entry for entry in self.history if entry[0] < step]
         if not trainer.is_global_zero:
             return
-        run = self.run_name(trainer)
         for name in self.csv_names:
-            path = self.output_dir(trainer) / name
-            if not path.is_file():
-                continue
-            with path.open(newline="") as f:
-                rows = list(csv.reader(f))
-            if not rows or rows[0][:2] != ["run_id", "step"]:
-                continue
-            keep = [r for r in rows[1:] if not (r[0] == run and int(r[1]) >= step)]
-            if len(keep) == len(rows) - 1:
-                continue
-            tmp = path.with_name(f".{name}.tmp")
-            with tmp.open("w", newline="") as f:
-                csv.writer(f).writerows([rows[0], *keep])
-            os.replace(tmp, path)
+            drop_run_rows_from(self.output_dir(trainer) / name, self.run_name(trainer), step)
 
     @staticmethod
     def _row_labels(pl_module: pl.LightningModule) -> list[tuple[str, Any]]:

@@ -13,6 +13,7 @@ and ``trainer.callbacks`` entries (``class_path`` + ``init_args``).
 
 from __future__ import annotations
 
+import csv
 import importlib
 import json
 import os
@@ -31,11 +32,13 @@ __all__ = [
     "RUN_FILE",
     "RunDirError",
     "RunDirOutput",
+    "append_run_rows",
     "check_checkpoint_file",
     "check_fit_into",
     "checkpoint_dirs",
     "checkpoints_in",
     "default_root",
+    "drop_run_rows_from",
     "find_run_dir",
     "last_checkpoint",
     "new_version_dir",
@@ -70,6 +73,38 @@ class RunDirOutput:
     def run_subdir(cls) -> str:
         """The folder, relative to the run directory, this callback writes its files into."""
         raise NotImplementedError(f"{cls.__name__} must implement run_subdir()")
+
+
+def append_run_rows(path: Path, run_id: str, header: list[str], rows: list) -> None:
+    """Append ``rows`` to the CSV table ``path``, each led by ``run_id``; a new file gets the
+    header ``run_id, *header`` first. Several runs may share one table."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        w = csv.writer(f)
+        if new:
+            w.writerow(["run_id", *header])
+        w.writerows([run_id, *row] for row in rows)
+
+
+def drop_run_rows_from(path: Path, run_id: str, step: int) -> None:
+    """Remove ``run_id``'s rows of training step ``step`` and later from the table ``path``
+    (columns ``run_id, step, ...``), atomically; other runs' rows and a missing file or a
+    table of another layout are left alone. A run resumed from a checkpoint at ``step``
+    records those steps again: dropping them first means no row is written twice."""
+    if not path.is_file():
+        return
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or rows[0][:2] != ["run_id", "step"]:
+        return
+    keep = [r for r in rows[1:] if not (r[0] == run_id and int(r[1]) >= step)]
+    if len(keep) == len(rows) - 1:
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as f:
+        csv.writer(f).writerows([rows[0], *keep])
+    os.replace(tmp, path)
 
 
 def check_checkpoint_file(path: str | os.PathLike[str]) -> None:

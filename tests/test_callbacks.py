@@ -383,3 +383,20 @@ def test_epoch_test_needs_a_datamodule(tmp_path: Path) -> None:
     trainer = _trainer(tmp_path, [EpochTest()], False, max_steps=2)
     with pytest.raises(ValueError, match="EpochTest needs a DataModule"):
         trainer.fit(model, dm.train_dataloader(), dm.val_dataloader())
+
+
+def test_run_rows_appended_and_dropped_per_run(tmp_path):
+    """rundir's table bookkeeping: each run's rows led by its id; a resume drops only that
+    run's rows from its step on."""
+    import csv
+
+    from seqnorm.rundir import append_run_rows, drop_run_rows_from
+
+    path = tmp_path / "t" / "grad_norms.csv"
+    append_run_rows(path, "a", ["step", "x"], [[1, 0.5], [2, 0.25]])
+    append_run_rows(path, "b", ["step", "x"], [[1, 0.5], [2, 0.25]])
+    drop_run_rows_from(path, "a", 2)
+    rows = list(csv.reader(path.open()))
+    assert rows == [["run_id", "step", "x"], ["a", "1", "0.5"], ["b", "1", "0.5"],
+                    ["b", "2", "0.25"]]  # fmt: skip
+    drop_run_rows_from(tmp_path / "missing.csv", "a", 0)  # no file: nothing to do
