@@ -18,6 +18,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from . import build
+from .reference import graph_grads
 
 __all__ = ["MODES", "recurrence", "reference", "scan", "sequence"]
 
@@ -93,26 +94,14 @@ def _regrad(
 ) -> list[Tensor | None]:
     """Gradients w.r.t. ``(x, w_ih, b_ih, h0, lam)`` as a differentiable graph (double
     backward), by differentiating :func:`reference`; ``None`` for an input without grad."""
-    with torch.enable_grad():
-        leaves = [t if t is not None and t.requires_grad else None for t in inputs]
-        wanted = [t for t in leaves if t is not None]
-        if not wanted:
-            return [None] * len(inputs)
+
+    def outputs() -> list[Tensor]:
         x, w_ih, b_ih, h0, lam = inputs
         u = x if w_ih is None else F.linear(x, w_ih, b_ih)
         out, h_n, _ = reference(u, lam, h0, batch_sizes)
-        pairs = [(o, g) for o, g in zip((out, h_n), grads, strict=True) if g is not None]
-        got = iter(
-            torch.autograd.grad(
-                [o for o, _ in pairs], wanted, [g for _, g in pairs], create_graph=True,
-                allow_unused=True,
-            )
-        )  # fmt: skip
-    res = []
-    for t in leaves:
-        g = next(got) if t is not None else None
-        res.append(torch.zeros_like(t) if t is not None and g is None else g)
-    return res
+        return [out, h_n]
+
+    return graph_grads(outputs, inputs, grads)
 
 
 def _backward(ctx: Any, grad_out: Tensor | None, grad_hn: Tensor | None) -> tuple[Any, ...]:

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ..steps import State
 
-__all__ = ["reference", "regrad"]
+__all__ = ["graph_grads", "reference", "regrad"]
 
 #: A step equation of :mod:`seqnorm.steps`: ``step(gi, state, w_hh, b_hh, *extras) -> state``.
 Step = Callable[..., Any]
@@ -83,19 +83,43 @@ def regrad(
         One gradient per input; ``None`` for an input that does not need one.
     """
     n_state = len(grads) - 1
-    with torch.enable_grad():
-        leaves = [x if x is not None and x.requires_grad else None for x in inputs]
-        wanted = [x for x in leaves if x is not None]
-        if not wanted:
-            return [None] * len(inputs)
+
+    def outputs() -> list[Tensor]:
         x, w_ih, b_ih = inputs[:3]
         gi = x if w_ih is None else torch.nn.functional.linear(x, w_ih, b_ih)
         state = inputs[3 : 3 + n_state]
         w_hh, b_hh, extra = inputs[3 + n_state :]
         s0 = tuple(state) if n_state > 1 else state[0]
         out, final = reference(step, gi, s0, w_hh, b_hh, extra, batch_sizes, reverse)
-        outputs = [out, *(final if n_state > 1 else (final,))]
-        pairs = [(o, g) for o, g in zip(outputs, grads, strict=True) if g is not None]
+        return [out, *(final if n_state > 1 else (final,))]
+
+    return graph_grads(outputs, inputs, grads)
+
+
+def graph_grads(
+    outputs: Callable[[], Sequence[Tensor]],
+    inputs: Sequence[Tensor | None],
+    grads: Sequence[Tensor | None],
+) -> list[Tensor | None]:
+    """The gradients of ``outputs()`` (computed here, with grad enabled), weighted by
+    ``grads``, with respect to every input that requires grad, as a differentiable graph:
+    the double backward of a kernel, by differentiating its reference.
+
+    Args:
+        outputs: computes the outputs from ``inputs``.
+        inputs: the tensors to differentiate by (``None`` or not requiring grad: skipped).
+        grads: one per output (``None``: zero).
+
+    Returns:
+        One gradient per input: ``None`` for an input that does not need one, zeros for one
+        the outputs do not depend on.
+    """
+    with torch.enable_grad():
+        leaves = [x if x is not None and x.requires_grad else None for x in inputs]
+        wanted = [x for x in leaves if x is not None]
+        if not wanted:
+            return [None] * len(inputs)
+        pairs = [(o, g) for o, g in zip(outputs(), grads, strict=True) if g is not None]
         if not pairs:
             return [None if x is None else torch.zeros_like(x) for x in leaves]
         got = iter(
