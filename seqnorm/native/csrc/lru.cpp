@@ -23,6 +23,7 @@
 #include <tuple>
 #include <vector>
 
+#include "buffers.h"
 #include "fpmode.h"
 
 namespace seqnorm {
@@ -168,7 +169,7 @@ std::tuple<at::Tensor, at::Tensor> lru_forward(const at::Tensor& x,
   const at::Tensor h0 = h0_.contiguous(), lam = lam_.contiguous();
   const int64_t N = u.size(0), B = h0.size(0), W = lam.size(0), P = W / 2;
   const Walk w = walk_of(batch_sizes, N, B);
-  at::Tensor out = at::empty({N, W}, u.options());
+  at::Tensor out = pooled_empty({N, W}, u.options());  // reused memory: no fresh page faults
   at::Tensor hn = h0.clone();  // rows of sequences with no step keep h0 (none: sizes[0] == B)
   const Blocks blk = blocks_of(B);
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "seqnorm_lru_forward", [&] {
@@ -216,7 +217,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lru_backw
   const Walk w = walk_of(batch_sizes, N, B);
   at::Tensor dh = grad_hn.has_value() ? grad_hn->contiguous().clone() : at::zeros_like(h0);
   TORCH_CHECK(dh.sizes() == h0.sizes(), "grad_hn must be ", h0.sizes(), ", got ", dh.sizes());
-  at::Tensor du = at::empty({N, W}, out.options());  // dL/du = dL/dh_t in full
+  at::Tensor du = pooled_empty({N, W}, out.options());  // dL/du = dL/dh_t in full
   const Blocks blk = blocks_of(B);
   std::vector<double> acc(static_cast<size_t>(blk.n * W), 0.0);  // per block: dL/dlambda
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "seqnorm_lru_backward", [&] {
