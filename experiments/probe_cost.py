@@ -1,6 +1,6 @@
 """What the gradient-flow monitors cost: training time with and without them.
 
-Trains the model of ``configs/copy.yaml`` (GRU, H=128, batch 128, T=100, spectral) for
+Trains the model of ``configs/copy_gru.yaml`` (GRU, H=128, batch 128, T=100, spectral) for
 ``--steps`` steps, once with ``GradientFlowMonitor`` + ``SpectrumMonitor`` at their defaults
 (every 100 steps, 32 probe samples, figures every 1000 steps and at the end) and once
 without, alternating the two for ``--repeats`` rounds, one thread. Prints a table and writes
