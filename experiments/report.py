@@ -15,8 +15,12 @@ scale). Epoch-based tasks (MNIST: the test set evaluated at every epoch) get, in
 loss curves, ``epochs_<task>.png``: validation accuracy per epoch, every row, beside the
 per-epoch numbers that LEM and coRNN published (:data:`LITERATURE`), and a table with the
 test accuracy at the best validation epoch and the best test accuracy over epochs.
-A figure whose runs have no files under ``--root`` (a grid run elsewhere) is left as it is.
-Run directories in ``runs.csv`` are relative to ``--root`` (the checkout that ran the grid).
+Run directories in ``runs.csv`` are relative to the checkout that ran the grid: pass it as
+``--root`` (several times when budgets ran in different worktrees; a run's directory is looked
+for under each in turn). The figures drawn from run files (loss curves, gradient flow) are
+drawn per budget: the first budget of a task writes ``<figure>_<task>.png``, a later one
+``<figure>_<task>_<budget>.png``; a figure whose runs have no files under any root (a grid run
+elsewhere, its directories gone) is left as it is.
 The copy T=1000 curves are the CSVLogger files copied into ``results/copy1000/`` (pass
 ``--copy1000-from DIR`` to refresh them from ``DIR/{exprnn,lstm}/csv/version_0``).
 """
@@ -31,6 +35,7 @@ import platform
 import re
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reproduce import BUDGETS, ROOT, expand, load_budget, read_metrics  # noqa: E402
 
 RESULTS = ROOT / "experiments" / "results"
+Roots = Sequence[Path]  # the checkouts that ran the grid's budgets, looked in in turn
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 BEAT = 0.95  # "below the baseline": final val loss < 0.95 x baseline (a finite split scatters)
 COPY1000 = {"exprnn": "expRNN recipe: modReLU RNN, orthogonal, H=190", "lstm": "LSTM, H=94"}
@@ -249,7 +255,26 @@ def _pyplot():  # noqa: ANN202
     return plt
 
 
-def plot_curves(task: str, runs: pd.DataFrame, root: Path, out: Path) -> Path | None:
+def locate(roots: Roots, run_dir: str) -> Path:
+    """A run's directory: under the first root that has it (else under the first root)."""
+    for root in roots:
+        if (root / run_dir).exists():
+            return root / run_dir
+    return roots[0] / run_dir
+
+
+def probe_files(roots: Roots, runs: pd.DataFrame) -> list[Path]:
+    """The ``probes.npz`` of each run that has one."""
+    files = [locate(roots, d) / "probes.npz" for d in runs.run_dir]
+    return [f for f in files if f.exists()]
+
+
+def figure_name(kind: str, task: str, budget: str, first: str) -> str:
+    """``<kind>_<task>.png`` for the task's first budget, ``<kind>_<task>_<budget>.png`` after."""
+    return f"{kind}_{task}.png" if budget == first else f"{kind}_{task}_{budget}.png"
+
+
+def plot_curves(task: str, runs: pd.DataFrame, roots: Roots, path: Path) -> Path | None:
     """Training loss / memoryless baseline per variant (mean over seeds, smoothed), log scale."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -257,7 +282,7 @@ def plot_curves(task: str, runs: pd.DataFrame, root: Path, out: Path) -> Path | 
     for _, g in runs.groupby("variant", sort=False):
         curves = []
         for _, r in g.iterrows():
-            m = read_metrics(root / r.run_dir)
+            m = read_metrics(locate(roots, r.run_dir))
             if "train/loss_step" in m:
                 curves.append(m.set_index("step")["train/loss_step"].dropna() / r.baseline)
         if curves:
@@ -270,7 +295,6 @@ def plot_curves(task: str, runs: pd.DataFrame, root: Path, out: Path) -> Path | 
     ax.set(yscale="log", xlabel="training step", ylabel="train loss / baseline", title=task)
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
-    path = out / f"curves_{task}.png"
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return path
@@ -295,14 +319,13 @@ def seed_mean_norms(log10_curves: list[np.ndarray]) -> np.ndarray:
     return norms.astype(z.dtype)
 
 
-def plot_gradflow(task: str, runs: pd.DataFrame, root: Path, out: Path) -> Path | None:
+def plot_gradflow(task: str, runs: pd.DataFrame, roots: Roots, path: Path) -> Path | None:
     """log10 ||dL/dh_t|| after training, one line per variant (layer 0, mean over seeds)."""
     from seqnorm.plots import grad_norm_curve
 
     rows, labels = [], []
     for _, g in runs.groupby("variant", sort=False):
-        ends = [np.load(f)["end"][0] for f in (root / g.run_dir).map(lambda p: p / "probes.npz")
-                if f.exists() and "end" in np.load(f)]  # fmt: skip
+        ends = [np.load(f)["end"][0] for f in probe_files(roots, g) if "end" in np.load(f)]
         if ends:
             rows.append(seed_mean_norms(ends))  # the probe stores log10
             labels.append(g.label.iloc[0])
@@ -310,8 +333,8 @@ def plot_gradflow(task: str, runs: pd.DataFrame, root: Path, out: Path) -> Path 
         return None
     fig = grad_norm_curve(np.stack(rows), labels=labels)
     fig.axes[0].set_title(f"{task}: gradient norm per time step after training")
-    path = out / f"gradflow_{task}.png"
     fig.savefig(path, dpi=100, bbox_inches="tight")
+    _pyplot().close(fig)
     return path
 
 
@@ -346,7 +369,7 @@ def plot_epoch_curves(task: str, runs: pd.DataFrame, out: Path) -> Path:
     return path
 
 
-def plot_gradflow_map(task: str, runs: pd.DataFrame, root: Path, out: Path) -> Path | None:
+def plot_gradflow_map(task: str, runs: pd.DataFrame, roots: Roots, path: Path) -> Path | None:
     """log10 ||dL/dh_t|| at initialisation and at the end, one band each per row (layer 0,
     mean over the seeds that ended at the same epoch or step), one colour scale; norms below
     float range in grey."""
@@ -359,8 +382,7 @@ def plot_gradflow_map(task: str, runs: pd.DataFrame, root: Path, out: Path) -> P
     key = "epochs" if is_epoch_task(runs) else "steps"
     groups = [(n, g) for _, v in runs.groupby("variant", sort=False) for n, g in v.groupby(key)]
     for n, g in groups:  # rows in budget order, each by its length of run
-        files = [f for f in (root / g.run_dir).map(lambda p: p / "probes.npz") if f.exists()]
-        probes = [np.load(f) for f in files]
+        probes = [np.load(f) for f in probe_files(roots, g)]
         probes = [p for p in probes if "init" in p and "end" in p]
         if not probes:
             continue
@@ -386,7 +408,6 @@ def plot_gradflow_map(task: str, runs: pd.DataFrame, root: Path, out: Path) -> P
     ax.set(xlabel="time step t", title=f"{task}: log10 ||dL/dh_t|| at init and after training")
     fig.colorbar(mesh, ax=ax, label="log10 ||dL/dh_t|| (grey: below float range)",
                  extend="min" if below.any() else "neither")  # fmt: skip
-    path = out / f"gradmap_{task}.png"
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return path
@@ -479,11 +500,13 @@ def budget_log(results: Path, budget: str) -> Path:
     return own if own.exists() else results / "reproduce.log"
 
 
-def render(df: pd.DataFrame, root: Path, out: Path, log: Path | None = None) -> str:
-    """RESULTS.md. ``log``: the grid log of the first budget (default: :func:`budget_log`
-    beside the default runs.csv); later budgets' logs are looked for beside it."""
+def render(df: pd.DataFrame, roots: Roots | Path, out: Path, log: Path | None = None) -> str:
+    """RESULTS.md. ``roots``: the checkouts the budgets ran in (:func:`locate`). ``log``: the
+    grid log of the first budget (default: :func:`budget_log` beside the default runs.csv);
+    later budgets' logs are looked for beside it."""
     import torch
 
+    roots = [roots] if isinstance(roots, Path) else list(roots)
     ok = df[df.status == "ok"]
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     budgets = list(df.budget.unique())
@@ -556,7 +579,7 @@ def render(df: pd.DataFrame, root: Path, out: Path, log: Path | None = None) -> 
     for task, runs in ok.groupby("task", sort=False):
         r = runs.iloc[0]
         if is_epoch_task(runs):
-            lines += epoch_section(task, runs, root, out)
+            lines += epoch_section(task, runs, roots, out)
             continue
         lines += [f"## {task}", "",
                   f"T={r['T']:.0f}, hidden {r.hidden:.0f}, batch {r.batch:.0f}, {r.steps:.0f} "
@@ -568,10 +591,15 @@ def render(df: pd.DataFrame, root: Path, out: Path, log: Path | None = None) -> 
             lines += ["Input projection (learned `Linear(input_dim, H)` before the layer) "
                       "against the raw input, same rows otherwise (test MSE, steps to MSE < 0.01):",
                       "", proj.to_markdown(index=False), ""]  # fmt: skip
-        curves = plot_curves(task, runs, root, out) or kept(out / f"curves_{task}.png")
-        lines.append(f"![{task} curves]({curves.name})" if curves else "")
-        flow = plot_gradflow(task, runs, root, out) or kept(out / f"gradflow_{task}.png")
-        lines += [f"![{task} gradient flow]({flow.name})" if flow else "", ""]
+        first = runs.budget.iloc[0]
+        for budget, b_runs in runs.groupby("budget", sort=False):
+            which = "" if budget == first else f" ({budget} budget)"
+            name = figure_name("curves", task, budget, first)
+            curves = plot_curves(task, b_runs, roots, out / name) or kept(out / name)
+            lines.append(f"![{task} curves{which}]({curves.name})" if curves else "")
+            name = figure_name("gradflow", task, budget, first)
+            flow = plot_gradflow(task, b_runs, roots, out / name) or kept(out / name)
+            lines += [f"![{task} gradient flow{which}]({flow.name})" if flow else "", ""]
     lines += ["## Copy at T=1000", "", *copy1000(out), ""]
     lines += ["## Acceptance check: a reproducible grid that learns the copy task", ""]
     lines += [f"- [{'x' if held else ' '}] {what}" for what, held in check(df)]
@@ -583,7 +611,7 @@ def kept(path: Path) -> Path | None:
     return path if path.exists() else None
 
 
-def epoch_section(task: str, runs: pd.DataFrame, root: Path, out: Path) -> list[str]:
+def epoch_section(task: str, runs: pd.DataFrame, roots: Roots, out: Path) -> list[str]:
     """The RESULTS.md section of an epoch-based task: its table and figures."""
     r = runs.iloc[0]
     name = r.task_name if isinstance(r.get("task_name"), str) else task
@@ -613,8 +641,13 @@ def epoch_section(task: str, runs: pd.DataFrame, root: Path, out: Path) -> list[
             "the same task.",
             "",
         ]
-    flow = plot_gradflow_map(task, runs, root, out) or kept(out / f"gradmap_{task}.png")
-    return [*lines, f"![{task} gradient flow]({flow.name})" if flow else "", ""]
+    first = runs.budget.iloc[0]
+    for budget, b_runs in runs.groupby("budget", sort=False):
+        name = figure_name("gradmap", task, budget, first)
+        flow = plot_gradflow_map(task, b_runs, roots, out / name) or kept(out / name)
+        which = "" if budget == first else f" ({budget} budget)"
+        lines += [f"![{task} gradient flow{which}]({flow.name})" if flow else "", ""]
+    return lines
 
 
 def update_readme(readme: Path, table: str) -> bool:
@@ -649,7 +682,12 @@ def in_budget_order(df: pd.DataFrame) -> pd.DataFrame:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=Path, default=RESULTS / "runs.csv")
-    parser.add_argument("--root", type=Path, default=ROOT, help="the checkout that ran the grid")
+    parser.add_argument(
+        "--root",
+        type=Path,
+        action="append",
+        help="a checkout that ran (part of) the grid; repeatable (default: .)",
+    )
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
     parser.add_argument("--copy1000-from", type=Path, help="refresh results/copy1000/ from DIR")
@@ -670,7 +708,8 @@ def main(argv: list[str] | None = None) -> int:
             if src.exists():
                 shutil.copy(src, ns.out_dir / "copy1000" / f"{name}.csv")
     log = budget_log(ns.runs.parent, df.budget.iloc[0])
-    (ns.out_dir / "RESULTS.md").write_text(render(df, ns.root, ns.out_dir, log))
+    roots = ns.root or [ROOT]
+    (ns.out_dir / "RESULTS.md").write_text(render(df, roots, ns.out_dir, log))
     print(f"report: wrote {ns.out_dir / 'RESULTS.md'} ({len(df)} runs)")
     if ns.readme.exists() and update_readme(
         ns.readme, headline(df[df.status == "ok"]).to_markdown(index=False)

@@ -38,7 +38,7 @@ TINY_BUDGET = {
     },
     "tasks": {
         "copy": {
-            "config": "configs/copy.yaml",
+            "config": "configs/copy_gru.yaml",
             "metric": "symbol_acc",
             # lenient, so that the criterion column gets a value on a 4-step run
             "criterion": {"metric": "train/loss_step", "baseline_fraction": 10.0},
@@ -67,7 +67,7 @@ TINY_EPOCH_BUDGET = {
     },
     "tasks": {
         "ecopy": {  # copy by epochs, as the MNIST rows run: validation and test every epoch
-            "config": "configs/copy.yaml",
+            "config": "configs/copy_gru.yaml",
             "metric": "symbol_acc",
             "monitor": "val/symbol_acc",
             "monitor_mode": "max",
@@ -299,9 +299,14 @@ def test_report_epoch_tables_read_a_longer_run_at_a_shorter_rows_epochs(tmp_path
     assert head.iloc[0].tolist() == ["RECIPE", "73.5 ± 2.1 (2); 75 (1)", "2; 3", "2; 3"]
     fig = report.plot_epoch_curves("psmnist", df, tmp_path)
     assert fig.name == "epochs_psmnist.png" and fig.stat().st_size > 0
-    gmap = report.plot_gradflow_map("psmnist", df, tmp_path, tmp_path)
+    gmap = report.plot_gradflow_map("psmnist", df, [tmp_path], tmp_path / "gradmap_psmnist.png")
     assert gmap.name == "gradmap_psmnist.png" and gmap.stat().st_size > 0
-    assert report.plot_gradflow_map("psmnist", df, tmp_path / "elsewhere", tmp_path) is None
+    nowhere = report.plot_gradflow_map("psmnist", df, [tmp_path / "elsewhere"], tmp_path / "x.png")
+    assert nowhere is None and not (tmp_path / "x.png").exists()
+    # several roots: a run's directory is found under whichever has it
+    found = report.plot_gradflow_map("psmnist", df, [tmp_path / "elsewhere", tmp_path],
+                                     tmp_path / "y.png")  # fmt: skip
+    assert found is not None and found.stat().st_size > 0
     assert set(report.LITERATURE["psMNIST"]) == {"LEM (published log)", "coRNN (published log)"}
     assert report.LITERATURE["psMNIST"]["LEM (published log)"][1] == 63.9
 
@@ -464,3 +469,32 @@ def test_tiny_epoch_grid_tests_every_epoch_and_reports(tmp_path):
         assert "ecopy: epochs" in readme.read_text()
     finally:
         subprocess.run(["rm", "-rf", str(runs_dir)], check=False)
+
+
+def test_report_draws_figures_per_budget_from_several_roots(tmp_path):
+    """Two budgets on one task, run in two checkouts: the first budget's run directories are
+    gone (its figure, drawn earlier, is kept as it is), the second's are under the second
+    root (its figure gets the budget's name); RESULTS.md shows both."""
+    import numpy as np
+
+    df = _fake_runs().assign(budget=["older", "older", "newer", "newer"],
+                             git_commit=["a" * 40] * 2 + ["b" * 40] * 2, hidden=8, batch=4,
+                             steps=20, wall_time_s=60.0, machine="m")  # fmt: skip
+    old_root, new_root, out = tmp_path / "gone", tmp_path / "wt", tmp_path / "results"
+    out.mkdir()
+    (out / "curves_adding.png").write_bytes(b"drawn earlier")
+    for run_dir in df.run_dir[df.budget == "newer"]:
+        logs = new_root / run_dir / "logs" / "version_0"
+        logs.mkdir(parents=True)
+        pd.DataFrame({"step": range(10), "train/loss_step": np.linspace(0.2, 0.01, 10)}).to_csv(
+            logs / "metrics.csv", index=False
+        )
+        z = np.log10(np.linspace(1e-3, 1.0, 8, dtype=np.float32))[None]
+        np.savez(new_root / run_dir / "probes.npz", init=z, end=z)
+    text = report.render(df, [old_root, new_root], out, log=tmp_path / "no.log")
+    assert (out / "curves_adding.png").read_bytes() == b"drawn earlier"
+    assert (out / "curves_adding_newer.png").stat().st_size > 0
+    assert (out / "gradflow_adding_newer.png").stat().st_size > 0
+    assert not (out / "gradflow_adding.png").exists()  # never drawn, nothing to keep
+    assert "(curves_adding.png)" in text and "(curves_adding_newer.png)" in text
+    assert "(gradflow_adding_newer.png)" in text
