@@ -90,6 +90,12 @@ def metric_name(metric: str) -> tuple[str, float]:
 
 
 # -- tables ----------------------------------------------------------------------------------
+def markdown(table: pd.DataFrame) -> str:
+    """``table`` as a Markdown table; a ``|`` in a cell (``|lambda|``) escaped, not a column."""
+    text = table.map(lambda v: v.replace("|", "\\|") if isinstance(v, str) else v)
+    return text.to_markdown(index=False)
+
+
 def task_table(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per variant of one task: mean ± std over its finished seeds."""
     label, scale = metric_name(runs.metric.iloc[0])
@@ -98,6 +104,7 @@ def task_table(runs: pd.DataFrame) -> pd.DataFrame:
         rows.append(
             {
                 "variant": g.label.iloc[0],
+                **({"hidden": hidden(g)} if hidden(runs) == PER_ROW else {}),
                 "seeds": len(g),
                 f"{label} (final)": pm(g.test_metric_final, scale),
                 f"{label} (at best val)": pm(g.test_metric_at_best_val, scale),
@@ -111,6 +118,17 @@ def task_table(runs: pd.DataFrame) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+PER_ROW = "per row (the table's column)"
+
+
+def hidden(runs: pd.DataFrame) -> str:
+    """The runs' hidden size, :data:`PER_ROW` where they differ, "-" where not recorded."""
+    sizes = runs.hidden.dropna().unique() if "hidden" in runs else []
+    if len(sizes) == 0:
+        return "-"
+    return f"{sizes[0]:.0f}" if len(sizes) == 1 else PER_ROW
 
 
 def headline(df: pd.DataFrame) -> pd.DataFrame:
@@ -445,7 +463,7 @@ def copy1000(out: Path) -> list[str]:
     fig.savefig(out / "copy1000_long_runs.png", dpi=100, bbox_inches="tight")
     plt.close(fig)
     figure = "![copy T=1000, the long runs](copy1000_long_runs.png)"
-    return [pd.DataFrame(rows).to_markdown(index=False), "", figure]
+    return [markdown(pd.DataFrame(rows)), "", figure]
 
 
 # -- the acceptance check and the document ---------------------------------------------------
@@ -569,7 +587,7 @@ def render(df: pd.DataFrame, roots: Roots | Path, out: Path, log: Path | None = 
         "the test accuracy at the best validation epoch (seeds in brackets), the epochs and "
         "the wall minutes per run, one entry per length of run.",
         "",
-        headline(ok).to_markdown(index=False),
+        markdown(headline(ok)),
         "",
     ]
     if todo:
@@ -582,15 +600,15 @@ def render(df: pd.DataFrame, roots: Roots | Path, out: Path, log: Path | None = 
             lines += epoch_section(task, runs, roots, out)
             continue
         lines += [f"## {task}", "",
-                  f"T={r['T']:.0f}, hidden {r.hidden:.0f}, batch {r.batch:.0f}, {r.steps:.0f} "
+                  f"T={r['T']:.0f}, hidden {hidden(runs)}, batch {r.batch:.0f}, {r.steps:.0f} "
                   f"steps, memoryless baseline {r.baseline:.4g}. Each row's overrides: `runs.csv`.",
                   "",
-                  task_table(runs).to_markdown(index=False), ""]  # fmt: skip
+                  markdown(task_table(runs)), ""]  # fmt: skip
         proj = projection_table(runs)
         if proj is not None:
             lines += ["Input projection (learned `Linear(input_dim, H)` before the layer) "
                       "against the raw input, same rows otherwise (test MSE, steps to MSE < 0.01):",
-                      "", proj.to_markdown(index=False), ""]  # fmt: skip
+                      "", markdown(proj), ""]  # fmt: skip
         first = runs.budget.iloc[0]
         for budget, b_runs in runs.groupby("budget", sort=False):
             which = "" if budget == first else f" ({budget} budget)"
@@ -627,7 +645,7 @@ def epoch_section(task: str, runs: pd.DataFrame, roots: Roots, out: Path) -> lis
         "data order: what a run of that length would have done); decay and wall time are "
         "from the runs that ended there. Each row's overrides: `runs.csv`.",
         "",
-        epoch_table(runs).to_markdown(index=False),
+        markdown(epoch_table(runs)),
         "",
         f"![{task}: validation per epoch]({plot_epoch_curves(task, runs, out).name})",
         "",
@@ -711,9 +729,7 @@ def main(argv: list[str] | None = None) -> int:
     roots = ns.root or [ROOT]
     (ns.out_dir / "RESULTS.md").write_text(render(df, roots, ns.out_dir, log))
     print(f"report: wrote {ns.out_dir / 'RESULTS.md'} ({len(df)} runs)")
-    if ns.readme.exists() and update_readme(
-        ns.readme, headline(df[df.status == "ok"]).to_markdown(index=False)
-    ):
+    if ns.readme.exists() and update_readme(ns.readme, markdown(headline(df[df.status == "ok"]))):
         print(f"report: updated the results table in {ns.readme}")
     return 0
 

@@ -498,3 +498,11 @@ def test_report_draws_figures_per_budget_from_several_roots(tmp_path):
     assert not (out / "gradflow_adding.png").exists()  # never drawn, nothing to keep
     assert "(curves_adding.png)" in text and "(curves_adding_newer.png)" in text
     assert "(gradflow_adding_newer.png)" in text
+
+
+def test_report_markdown_escapes_pipes_in_labels():
+    table = pd.DataFrame({"variant": ["LRU, bound (max |lambda| <= 0.99)", "GRU"], "seeds": [1, 3]})
+    lines = report.markdown(table).splitlines()
+    # every line has the table's own 3 separators; the label's bars are escaped
+    assert all(line.replace("\\|", "").count("|") == 3 for line in lines)
+    assert "max \\|lambda\\| <= 0.99" in lines[2]
