@@ -17,10 +17,14 @@ per-epoch numbers that LEM and coRNN published (:data:`LITERATURE`), and a table
 test accuracy at the best validation epoch and the best test accuracy over epochs.
 Run directories in ``runs.csv`` are relative to the checkout that ran the grid: pass it as
 ``--root`` (several times when budgets ran in different worktrees; a run's directory is looked
-for under each in turn). The figures drawn from run files (loss curves, gradient flow) are
-drawn per budget: the first budget of a task writes ``<figure>_<task>.png``, a later one
-``<figure>_<task>_<budget>.png``; a figure whose runs have no files under any root (a grid run
-elsewhere, its directories gone) is left as it is.
+for under each in turn). The small files of every finished run found there (CSV logs,
+``probes.npz``, verdict; no checkpoints) are copied into ``<out-dir>/runs/<run_id>/``, which is
+committed, so that the figures can be drawn again after the worktree is gone. The loss-curve
+and gradient-flow figures of step-based tasks are drawn per budget (the first budget of a task
+writes ``<figure>_<task>.png``, a later one ``<figure>_<task>_<budget>.png``: the first grids'
+run directories were gone before the archive existed); an epoch-based task's gradient-flow map
+has every row of every budget on one colour scale. A figure whose runs have no files anywhere
+is left as it was drawn.
 The copy T=1000 curves are the CSVLogger files copied into ``results/copy1000/`` (pass
 ``--copy1000-from DIR`` to refresh them from ``DIR/{exprnn,lstm}/csv/version_0``).
 """
@@ -46,6 +50,7 @@ from reproduce import BUDGETS, ROOT, expand, load_budget, read_metrics  # noqa: 
 
 RESULTS = ROOT / "experiments" / "results"
 Roots = Sequence[Path]  # the checkouts that ran the grid's budgets, looked in in turn
+ARCHIVED = ("probes.npz", "verdict.json", "result.json", "clock.json")  # with the CSV logs
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 BEAT = 0.95  # "below the baseline": final val loss < 0.95 x baseline (a finite split scatters)
 COPY1000 = {"exprnn": "expRNN recipe: modReLU RNN, orthogonal, H=190", "lstm": "LSTM, H=94"}
@@ -273,18 +278,42 @@ def _pyplot():  # noqa: ANN202
     return plt
 
 
-def locate(roots: Roots, run_dir: str) -> Path:
-    """A run's directory: under the first root that has it (else under the first root)."""
+def locate(roots: Roots, run: pd.Series) -> Path:
+    """A run's files: under the first root that has its ``run_dir`` (a checkout that ran the
+    grid) or a folder named by its ``run_id`` (an archive, :func:`archive_runs`); else (found
+    nowhere) its path under the first root."""
     for root in roots:
-        if (root / run_dir).exists():
-            return root / run_dir
-    return roots[0] / run_dir
+        for path in (root / run.run_dir, root / str(run.run_id)):
+            if path.exists():
+                return path
+    return roots[0] / run.run_dir
 
 
 def probe_files(roots: Roots, runs: pd.DataFrame) -> list[Path]:
     """The ``probes.npz`` of each run that has one."""
-    files = [locate(roots, d) / "probes.npz" for d in runs.run_dir]
+    files = [locate(roots, r) / "probes.npz" for _, r in runs.iterrows()]
     return [f for f in files if f.exists()]
+
+
+def archive_runs(df: pd.DataFrame, roots: Roots, dest: Path) -> int:
+    """Copy the small files of every finished run found under ``roots`` into
+    ``dest/<run_id>/`` (``results/runs/``, committed beside runs.csv): its CSV logs,
+    ``probes.npz``, ``verdict.json``, ``result.json`` and ``clock.json``, not its checkpoints.
+    The figures can then be drawn again once the worktree that ran the grid is gone
+    (:func:`locate` looks there). Returns how many runs were copied."""
+    copied = 0
+    for _, run in df[df.status == "ok"].iterrows():
+        src = next((root / run.run_dir for root in roots if (root / run.run_dir).exists()), None)
+        if src is None:
+            continue
+        files = [*src.glob("logs/version_*/metrics.csv"),
+                 *(src / n for n in ARCHIVED if (src / n).exists())]  # fmt: skip
+        for f in files:
+            target = dest / str(run.run_id) / f.relative_to(src)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, target)
+        copied += bool(files)
+    return copied
 
 
 def figure_name(kind: str, task: str, budget: str, first: str) -> str:
@@ -300,7 +329,7 @@ def plot_curves(task: str, runs: pd.DataFrame, roots: Roots, path: Path) -> Path
     for _, g in runs.groupby("variant", sort=False):
         curves = []
         for _, r in g.iterrows():
-            m = read_metrics(locate(roots, r.run_dir))
+            m = read_metrics(locate(roots, r))
             if "train/loss_step" in m:
                 curves.append(m.set_index("step")["train/loss_step"].dropna() / r.baseline)
         if curves:
@@ -524,7 +553,7 @@ def render(df: pd.DataFrame, roots: Roots | Path, out: Path, log: Path | None = 
     later budgets' logs are looked for beside it."""
     import torch
 
-    roots = [roots] if isinstance(roots, Path) else list(roots)
+    roots = [*([roots] if isinstance(roots, Path) else roots), out / "runs"]  # + the archive
     ok = df[df.status == "ok"]
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     budgets = list(df.budget.unique())
@@ -659,13 +688,9 @@ def epoch_section(task: str, runs: pd.DataFrame, roots: Roots, out: Path) -> lis
             "the same task.",
             "",
         ]
-    first = runs.budget.iloc[0]
-    for budget, b_runs in runs.groupby("budget", sort=False):
-        name = figure_name("gradmap", task, budget, first)
-        flow = plot_gradflow_map(task, b_runs, roots, out / name) or kept(out / name)
-        which = "" if budget == first else f" ({budget} budget)"
-        lines += [f"![{task} gradient flow{which}]({flow.name})" if flow else "", ""]
-    return lines
+    name = f"gradmap_{task}.png"  # every row, every budget: one colour scale
+    flow = plot_gradflow_map(task, runs, roots, out / name) or kept(out / name)
+    return [*lines, f"![{task} gradient flow]({flow.name})" if flow else "", ""]
 
 
 def update_readme(readme: Path, table: str) -> bool:
@@ -727,6 +752,8 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.copy(src, ns.out_dir / "copy1000" / f"{name}.csv")
     log = budget_log(ns.runs.parent, df.budget.iloc[0])
     roots = ns.root or [ROOT]
+    copied = archive_runs(df, roots, ns.out_dir / "runs")
+    print(f"report: the small files of {copied} runs copied into {ns.out_dir / 'runs'}")
     (ns.out_dir / "RESULTS.md").write_text(render(df, roots, ns.out_dir, log))
     print(f"report: wrote {ns.out_dir / 'RESULTS.md'} ({len(df)} runs)")
     if ns.readme.exists() and update_readme(ns.readme, markdown(headline(df[df.status == "ok"]))):

@@ -506,3 +506,30 @@ def test_report_markdown_escapes_pipes_in_labels():
     # every line has the table's own 3 separators; the label's bars are escaped
     assert all(line.replace("\\|", "").count("|") == 3 for line in lines)
     assert "max \\|lambda\\| <= 0.99" in lines[2]
+
+
+def test_report_archives_small_run_files_and_draws_from_them(tmp_path):
+    """The small files of each finished run are copied by run id (no checkpoints), and a
+    figure can be drawn from the copies once the checkout that ran the grid is gone."""
+    import shutil
+
+    import numpy as np
+
+    wt, out = tmp_path / "wt", tmp_path / "results"
+    df = _epoch_runs(wt).assign(status="ok")
+    for run_dir in df.run_dir:
+        (wt / run_dir / "checkpoints").mkdir()
+        (wt / run_dir / "checkpoints" / "last.ckpt").write_bytes(b"big")
+        (wt / run_dir / "logs" / "version_0").mkdir(parents=True)
+        (wt / run_dir / "logs" / "version_0" / "metrics.csv").write_text("step,val/acc\n1,0.5\n")
+        (wt / run_dir / "verdict.json").write_text("{}")
+    assert report.archive_runs(df.assign(status=["ok", "ok", "failed"]), [wt], out / "runs") == 2
+    first = out / "runs" / df.run_id[0]
+    assert sorted(str(p.relative_to(first)) for p in first.rglob("*") if p.is_file()) == [
+        "logs/version_0/metrics.csv", "probes.npz", "verdict.json"]  # fmt: skip
+    assert not (out / "runs" / df.run_id[2]).exists()  # a failed run: nothing kept
+    shutil.rmtree(wt)  # the worktree goes; the archive draws the map (two runs of three)
+    gmap = report.plot_gradflow_map("psmnist", df, [wt, out / "runs"], out / "gradmap.png")
+    assert gmap is not None and gmap.stat().st_size > 0
+    found = report.locate([wt, out / "runs"], df.iloc[0])
+    assert found == first and np.load(found / "probes.npz")["init"].shape == (1, 8)
