@@ -162,14 +162,15 @@ def test_constrained_linear_and_conv_on_cuda():
     assert s[0] <= 1 + 1e-4
 
 
+@pytest.mark.parametrize("T", [11, 150])  # one chunk of the parallel scan, and three
 @pytest.mark.parametrize("constraint", ["none", "bound"])
-def test_lru_on_cuda_equals_the_cpu_native_scan(constraint):
-    """The LRU's step-by-step scan on the GPU equals the CPU kernel, gradients included."""
+def test_lru_on_cuda_equals_the_cpu_native_scan(constraint, T):
+    """The LRU's chunked scan on the GPU equals the CPU kernel, gradients included."""
     options = {"gamma": 0.9} if constraint == "bound" else None
     cpu = LRU(3, 5, r_min=0.4, r_max=0.95, constraint=constraint, constraint_options=options,
               dtype=F64)  # fmt: skip
     gpu = copy.deepcopy(cpu).to(CUDA)
-    x = torch.randn(11, 2, 3, dtype=F64)
+    x = torch.randn(T, 2, 3, dtype=F64)
     h0 = torch.randn(1, 2, 5, dtype=torch.complex128)
     results = []
     for layer, dev in ((cpu, "cpu"), (gpu, CUDA)):
@@ -181,6 +182,23 @@ def test_lru_on_cuda_equals_the_cpu_native_scan(constraint):
         results.append([t.cpu() for t in (out, h_n, *grads)])
     for c, g in zip(*results, strict=True):
         torch.testing.assert_close(g, c, atol=1e-10, rtol=1e-10)
+
+
+def test_lru_packed_on_cuda_equals_the_cpu():
+    """Sequences of different lengths on the GPU (the step loop) equal the CPU kernel."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    cpu = LRU(3, 4, r_min=0.5, r_max=0.9, dtype=F64)
+    gpu = copy.deepcopy(cpu).to(CUDA)
+    x = torch.randn(9, 3, 3, dtype=F64)
+    lengths = torch.tensor([9, 4, 6])
+    outs = []
+    for layer, dev in ((cpu, "cpu"), (gpu, CUDA)):
+        packed = pack_padded_sequence(x.to(dev), lengths, enforce_sorted=False)
+        out, h_n = layer(packed)
+        outs.append((out.data.cpu(), h_n.cpu()))
+    for a, b in zip(*outs, strict=True):
+        torch.testing.assert_close(b, a, atol=1e-12, rtol=1e-12)
 
 
 def test_whole_model_save_and_load_across_devices():

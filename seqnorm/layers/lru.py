@@ -30,6 +30,7 @@ from ..constraints import CONSTRAINTS
 from ..constraints.modulus import ModulusBound
 from ..native import lru as native_lru
 from .checks import InputError, autocast_enabled, check_flag, check_size
+from .scan import chunked_scan
 
 __all__ = [
     "LRU",
@@ -227,8 +228,10 @@ class LRU(DiagonalRecurrentLayer):
     the complex entries have variance ``1 / I`` and ``2 / P``), ``D ~ N(0, 1)``.
 
     On CPU (float32, float64) the scan is seqnorm's native kernel (:mod:`seqnorm.native.lru`,
-    the input projection inside it); elsewhere, with ``SEQNORM_BACKEND=torch``, with
-    ``unroll = True`` or while :meth:`recording`, the same scan steps in autograd ops.
+    the input projection inside it); on other devices over equal-length sequences, a chunked
+    parallel scan in torch ops (:mod:`seqnorm.layers.scan`); elsewhere (packed sequences of
+    different lengths off the CPU, ``SEQNORM_BACKEND=torch``, ``unroll = True``, while
+    :meth:`recording`) the same scan steps in autograd ops, one step at a time.
 
     Args:
         input_size: features of the input (and of the output).
@@ -397,6 +400,14 @@ class LRU(DiagonalRecurrentLayer):
             return False
         return native.backend().name == "native"
 
+    def _chunked_ok(self, data: Tensor, batch_sizes: Tensor) -> bool:
+        """Off the CPU, equal lengths, not unrolled or recorded: the chunked parallel scan
+        (:mod:`seqnorm.layers.scan`). On a CPU the step loop is faster than its extra
+        arithmetic and copies (measured at the psMNIST shape)."""
+        if self.unroll or self.is_recording or data.device.type == "cpu" or not len(batch_sizes):
+            return False
+        return bool((batch_sizes == batch_sizes[0]).all())
+
     def _run(self, data: Tensor, batch_sizes: Tensor, h0: Tensor) -> tuple[Tensor, Tensor]:
         """The scan and the output map over packed rows ``data`` ``(N, I)``."""
         dtype = self.D.dtype
@@ -405,6 +416,9 @@ class LRU(DiagonalRecurrentLayer):
             lam, w_in, w_out = self.lambda_planes(), self.input_map(), self.output_map()
             if self._native_ok(data):
                 h, h_n = native_lru.scan(data, lam, h0, batch_sizes, w_in)  # (N, 2P), (B, 2P)
+            elif self._chunked_ok(data, batch_sizes):
+                u = F.linear(data, w_in)  # (N, 2P)
+                h, h_n = chunked_scan(u, lam, h0, len(batch_sizes))  # (N, 2P), (B, 2P)
             else:
                 u = F.linear(data, w_in)  # (N, 2P)
                 h, h_n, states = native_lru.reference(u, lam, h0, batch_sizes)
