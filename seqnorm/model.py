@@ -164,6 +164,12 @@ class SeqModel(pl.LightningModule):
             check_constraint(constraint, constraint_options)
             if lru_options is not None:
                 raise ValueError(f"lru_options is for cell 'lru' only, got cell {cell!r}")
+        if cell != "rnn" and nonlinearity != "tanh":  # would be silently ignored
+            raise ValueError(
+                f"nonlinearity {nonlinearity!r} is for cell 'rnn' only; cell {cell!r} has its "
+                f"own gate nonlinearities: leave nonlinearity at 'tanh' (the default), e.g. "
+                f"--model.nonlinearity tanh over a config written for the modReLU RNN"
+            )
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         if input_kind not in _INPUT_KINDS:

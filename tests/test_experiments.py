@@ -533,3 +533,26 @@ def test_report_archives_small_run_files_and_draws_from_them(tmp_path):
     assert gmap is not None and gmap.stat().st_size > 0
     found = report.locate([wt, out / "runs"], df.iloc[0])
     assert found == first and np.load(found / "probes.npz")["init"].shape == (1, 8)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "budget", sorted(p.stem for p in (ROOT / "experiments/budgets").glob("*.yaml"))
+)
+def test_every_budget_row_builds_its_model(budget, tmp_path, monkeypatch):
+    """Each (task, variant) of every budget parses through the CLI and builds its model, so a
+    grid never stops hours in on a row whose options the model refuses (nothing trains)."""
+    import pytorch_lightning as pl
+
+    from seqnorm.cli import SeqnormCLI
+    from seqnorm.model import SeqModel
+
+    monkeypatch.setattr(sys, "argv", ["seqnorm"])
+    runs = reproduce.expand(
+        reproduce.load_budget(str(ROOT / "experiments/budgets" / f"{budget}.yaml")), tmp_path
+    )
+    rows = {(r["task"], r["variant"]): r for r in runs}
+    for (task, variant), run in rows.items():
+        cli = SeqnormCLI(SeqModel, pl.LightningDataModule, subclass_mode_data=True, run=False,
+                         args=reproduce.cli_args(run))  # fmt: skip
+        assert isinstance(cli.model, SeqModel), (task, variant)

@@ -72,6 +72,8 @@ def test_sigma_max_names_every_gate():
         ({"num_classes": 0}, "num_classes must be an int >= 1"),
         ({"spectral_penalty": -1.0}, "spectral_penalty must be >= 0"),
         ({"hidden_size": 0}, "hidden_size must be a positive int"),
+        ({"cell": "gru", "nonlinearity": "modrelu"}, "nonlinearity 'modrelu' is for cell 'rnn'"),
+        ({"cell": "lstm", "nonlinearity": "relu"}, "cell 'lstm' has its own gate"),
     ],
 )
 def test_model_errors(kwargs, match):
