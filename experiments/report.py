@@ -278,15 +278,21 @@ def _pyplot():  # noqa: ANN202
     return plt
 
 
+def checkout_dir(roots: Roots, run: pd.Series) -> Path | None:
+    """A run's directory in a checkout that ran the grid (its ``run_dir`` under the first root
+    that has it), or ``None``."""
+    return next((root / run.run_dir for root in roots if (root / run.run_dir).exists()), None)
+
+
 def locate(roots: Roots, run: pd.Series) -> Path:
-    """A run's files: under the first root that has its ``run_dir`` (a checkout that ran the
-    grid) or a folder named by its ``run_id`` (an archive, :func:`archive_runs`); else (found
-    nowhere) its path under the first root."""
-    for root in roots:
-        for path in (root / run.run_dir, root / str(run.run_id)):
-            if path.exists():
-                return path
-    return roots[0] / run.run_dir
+    """A run's files: its :func:`checkout_dir`, else a folder named by its ``run_id`` under a
+    root (an archive, :func:`archive_runs`); else (found nowhere) its path under the first
+    root."""
+    found = checkout_dir(roots, run)
+    if found is None:
+        found = next((root / str(run.run_id) for root in roots
+                      if (root / str(run.run_id)).exists()), None)  # fmt: skip
+    return found or roots[0] / run.run_dir
 
 
 def probe_files(roots: Roots, runs: pd.DataFrame) -> list[Path]:
@@ -303,7 +309,7 @@ def archive_runs(df: pd.DataFrame, roots: Roots, dest: Path) -> int:
     (:func:`locate` looks there). Returns how many runs were copied."""
     copied = 0
     for _, run in df[df.status == "ok"].iterrows():
-        src = next((root / run.run_dir for root in roots if (root / run.run_dir).exists()), None)
+        src = checkout_dir(roots, run)
         if src is None:
             continue
         files = [*src.glob("logs/version_*/metrics.csv"),
@@ -321,7 +327,7 @@ def figure_name(kind: str, task: str, budget: str, first: str) -> str:
     return f"{kind}_{task}.png" if budget == first else f"{kind}_{task}_{budget}.png"
 
 
-def plot_curves(task: str, runs: pd.DataFrame, roots: Roots, path: Path) -> Path | None:
+def plot_curves(title: str, runs: pd.DataFrame, roots: Roots, path: Path) -> Path | None:
     """Training loss / memoryless baseline per variant (mean over seeds, smoothed), log scale."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -339,7 +345,7 @@ def plot_curves(task: str, runs: pd.DataFrame, roots: Roots, path: Path) -> Path
         plt.close(fig)
         return None
     ax.axhline(1.0, color="k", ls="--", lw=1, label="memoryless baseline")
-    ax.set(yscale="log", xlabel="training step", ylabel="train loss / baseline", title=task)
+    ax.set(yscale="log", xlabel="training step", ylabel="train loss / baseline", title=title)
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
     fig.savefig(path, dpi=100, bbox_inches="tight")
@@ -366,7 +372,7 @@ def seed_mean_norms(log10_curves: list[np.ndarray]) -> np.ndarray:
     return norms.astype(z.dtype)
 
 
-def plot_gradflow(task: str, runs: pd.DataFrame, roots: Roots, path: Path) -> Path | None:
+def plot_gradflow(title: str, runs: pd.DataFrame, roots: Roots, path: Path) -> Path | None:
     """log10 ||dL/dh_t|| after training, one line per variant (layer 0, mean over seeds)."""
     from seqnorm.plots import grad_norm_curve
 
@@ -379,7 +385,7 @@ def plot_gradflow(task: str, runs: pd.DataFrame, roots: Roots, path: Path) -> Pa
     if not rows:
         return None
     fig = grad_norm_curve(np.stack(rows), labels=labels)
-    fig.axes[0].set_title(f"{task}: gradient norm per time step after training")
+    fig.axes[0].set_title(f"{title}: gradient norm per time step after training")
     fig.savefig(path, dpi=100, bbox_inches="tight")
     _pyplot().close(fig)
     return path
@@ -641,11 +647,12 @@ def render(df: pd.DataFrame, roots: Roots | Path, out: Path, log: Path | None = 
         first = runs.budget.iloc[0]
         for budget, b_runs in runs.groupby("budget", sort=False):
             which = "" if budget == first else f" ({budget} budget)"
+            title = f"{task} ({budget} budget)"  # figures of one task, several budgets
             name = figure_name("curves", task, budget, first)
-            curves = plot_curves(task, b_runs, roots, out / name) or kept(out / name)
+            curves = plot_curves(title, b_runs, roots, out / name) or kept(out / name)
             lines.append(f"![{task} curves{which}]({curves.name})" if curves else "")
             name = figure_name("gradflow", task, budget, first)
-            flow = plot_gradflow(task, b_runs, roots, out / name) or kept(out / name)
+            flow = plot_gradflow(title, b_runs, roots, out / name) or kept(out / name)
             lines += [f"![{task} gradient flow{which}]({flow.name})" if flow else "", ""]
     lines += ["## Copy at T=1000", "", *copy1000(out), ""]
     lines += ["## Acceptance check: a reproducible grid that learns the copy task", ""]
