@@ -15,6 +15,7 @@ sys.path.insert(0, str(ROOT / "experiments"))
 import bench_speed  # noqa: E402
 import report  # noqa: E402
 import reproduce  # noqa: E402
+from reporting import archive, figures, literature, tables  # noqa: E402
 
 TINY_BUDGET = {
     "name": "tiny",
@@ -231,24 +232,24 @@ def _fake_runs() -> pd.DataFrame:
 
 def test_report_tables_and_check():
     df = _fake_runs()
-    table = report.task_table(df)
+    table = tables.task_table(df)
     assert table["seeds"].tolist() == [2, 2]
     assert table["test MSE (final)"].tolist() == ["0.161 ± 0.00071", "0.0015 ± 0.00071"]
     assert table["steps to criterion (reached)"].tolist() == ["never (0/2)", "200 (2/2)"]
     assert table["below baseline (seeds)"].tolist() == ["0/2", "2/2"]
-    head = report.headline(df)
+    head = tables.headline(df)
     assert head.columns.tolist() == ["variant", "adding: test MSE", "adding: steps to criterion"]
-    proj = report.projection_table(df)
+    proj = tables.projection_table(df)
     assert len(proj) == 1 and "200 (2/2)" in proj["input projection"].iloc[0]
-    checks = dict(report.check(df))
+    checks = dict(tables.check(df))
     assert checks["each budget at one commit, clean"] and checks["no absolute paths"]
     assert not checks["a copy run at T=100 reaches the criterion"]
     dirty = df.assign(git_clean=[True, False, True, True], run_dir="/abs/path")
-    checks = dict(report.check(dirty))
+    checks = dict(tables.check(dirty))
     assert not checks["each budget at one commit, clean"] and not checks["no absolute paths"]
     two = df.assign(budget=["cpu", "cpu", "mnist", "mnist"], git_commit=["a", "a", "b", "b"])
-    assert dict(report.check(two))["each budget at one commit, clean"]
-    assert not dict(report.check(two.assign(budget="cpu")))["each budget at one commit, clean"]
+    assert dict(tables.check(two))["each budget at one commit, clean"]
+    assert not dict(tables.check(two.assign(budget="cpu")))["each budget at one commit, clean"]
 
 
 def _epoch_runs(root) -> pd.DataFrame:
@@ -280,35 +281,35 @@ def _epoch_runs(root) -> pd.DataFrame:
 
 def test_report_epoch_tables_read_a_longer_run_at_a_shorter_rows_epochs(tmp_path):
     df = _epoch_runs(tmp_path)
-    assert report.is_epoch_task(df) and not report.is_epoch_task(_fake_runs())
-    c = report.parse_curve(df.curve[0])
-    assert report.at_epoch(c, 2) == {"val_final": 0.8, "test_at_best_val": 0.75,
+    assert tables.is_epoch_task(df) and not tables.is_epoch_task(_fake_runs())
+    c = tables.parse_curve(df.curve[0])
+    assert tables.at_epoch(c, 2) == {"val_final": 0.8, "test_at_best_val": 0.75,
                                      "test_best": 0.75, "best_epoch": 2}  # fmt: skip
-    assert report.at_epoch(c, 3)["test_at_best_val"] == 0.75  # best val stays epoch 2
-    assert report.at_epoch(c, 3)["test_best"] == 0.9  # expRNN's protocol: best test epoch
-    assert report.at_epoch(c, 4) is None
-    table = report.epoch_table(df)
+    assert tables.at_epoch(c, 3)["test_at_best_val"] == 0.75  # best val stays epoch 2
+    assert tables.at_epoch(c, 3)["test_best"] == 0.9  # expRNN's protocol: best test epoch
+    assert tables.at_epoch(c, 4) is None
+    table = tables.epoch_table(df)
     assert table[["variant", "epochs", "seeds"]].values.tolist() == [
         ["RECIPE", 2, "2 (1 from a longer run)"], ["RECIPE", 3, "1"], ["GRU", 2, "1"]]  # fmt: skip
     assert table["test acc % at best val epoch"].tolist() == ["73.5 ± 2.1", "75", "20"]
     assert table["best test acc % over epochs"].tolist() == ["73.5 ± 2.1", "90", "25"]
     assert table["wall min"].tolist() == ["2", "3", "2"]  # the runs that ended there
-    head = report.headline(df)
+    head = tables.headline(df)
     assert head.columns.tolist() == ["variant", "psmnist: test acc % at best val epoch",
                                      "psmnist: epochs", "psmnist: wall min"]  # fmt: skip
     assert head.iloc[0].tolist() == ["RECIPE", "73.5 ± 2.1 (2); 75 (1)", "2; 3", "2; 3"]
-    fig = report.plot_epoch_curves("psmnist", df, tmp_path)
+    fig = figures.plot_epoch_curves("psmnist", df, tmp_path)
     assert fig.name == "epochs_psmnist.png" and fig.stat().st_size > 0
-    gmap = report.plot_gradflow_map("psmnist", df, [tmp_path], tmp_path / "gradmap_psmnist.png")
+    gmap = figures.plot_gradflow_map("psmnist", df, [tmp_path], tmp_path / "gradmap_psmnist.png")
     assert gmap.name == "gradmap_psmnist.png" and gmap.stat().st_size > 0
-    nowhere = report.plot_gradflow_map("psmnist", df, [tmp_path / "elsewhere"], tmp_path / "x.png")
+    nowhere = figures.plot_gradflow_map("psmnist", df, [tmp_path / "elsewhere"], tmp_path / "x.png")
     assert nowhere is None and not (tmp_path / "x.png").exists()
     # several roots: a run's directory is found under whichever has it
-    found = report.plot_gradflow_map("psmnist", df, [tmp_path / "elsewhere", tmp_path],
+    found = figures.plot_gradflow_map("psmnist", df, [tmp_path / "elsewhere", tmp_path],
                                      tmp_path / "y.png")  # fmt: skip
     assert found is not None and found.stat().st_size > 0
-    assert set(report.LITERATURE["psMNIST"]) == {"LEM (published log)", "coRNN (published log)"}
-    assert report.LITERATURE["psMNIST"]["LEM (published log)"][1] == 63.9
+    assert set(literature.LITERATURE["psMNIST"]) == {"LEM (published log)", "coRNN (published log)"}
+    assert literature.LITERATURE["psMNIST"]["LEM (published log)"][1] == 63.9
 
 
 def test_report_gradflow_keeps_steps_below_float_range_below_it():
@@ -321,7 +322,7 @@ def test_report_gradflow_keeps_steps_below_float_range_below_it():
 
     seeds = [log10_norms(torch.tensor(c)).numpy() for c in
              ([0.0, 0.0, 1e-3, 1e-1], [0.0, 1e-5, 1e-3, 1e-1])]  # fmt: skip
-    norms = report.seed_mean_norms(seeds)
+    norms = figures.seed_mean_norms(seeds)
     assert norms.dtype == np.float32 and np.isfinite(norms).all()
     assert below_range(torch.from_numpy(norms)).tolist() == [True, False, False, False]
     assert np.allclose(np.log10(norms[2:]), [-3, -1])
@@ -502,7 +503,7 @@ def test_report_draws_figures_per_budget_from_several_roots(tmp_path):
 
 def test_report_markdown_escapes_pipes_in_labels():
     table = pd.DataFrame({"variant": ["LRU, bound (max |lambda| <= 0.99)", "GRU"], "seeds": [1, 3]})
-    lines = report.markdown(table).splitlines()
+    lines = tables.markdown(table).splitlines()
     # every line has the table's own 3 separators; the label's bars are escaped
     assert all(line.replace("\\|", "").count("|") == 3 for line in lines)
     assert "max \\|lambda\\| <= 0.99" in lines[2]
@@ -523,15 +524,15 @@ def test_report_archives_small_run_files_and_draws_from_them(tmp_path):
         (wt / run_dir / "logs" / "version_0").mkdir(parents=True)
         (wt / run_dir / "logs" / "version_0" / "metrics.csv").write_text("step,val/acc\n1,0.5\n")
         (wt / run_dir / "verdict.json").write_text("{}")
-    assert report.archive_runs(df.assign(status=["ok", "ok", "failed"]), [wt], out / "runs") == 2
+    assert archive.archive_runs(df.assign(status=["ok", "ok", "failed"]), [wt], out / "runs") == 2
     first = out / "runs" / df.run_id[0]
     assert sorted(str(p.relative_to(first)) for p in first.rglob("*") if p.is_file()) == [
         "logs/version_0/metrics.csv", "probes.npz", "verdict.json"]  # fmt: skip
     assert not (out / "runs" / df.run_id[2]).exists()  # a failed run: nothing kept
     shutil.rmtree(wt)  # the worktree goes; the archive draws the map (two runs of three)
-    gmap = report.plot_gradflow_map("psmnist", df, [wt, out / "runs"], out / "gradmap.png")
+    gmap = figures.plot_gradflow_map("psmnist", df, [wt, out / "runs"], out / "gradmap.png")
     assert gmap is not None and gmap.stat().st_size > 0
-    found = report.locate([wt, out / "runs"], df.iloc[0])
+    found = archive.locate([wt, out / "runs"], df.iloc[0])
     assert found == first and np.load(found / "probes.npz")["init"].shape == (1, 8)
 
 
