@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -16,15 +14,15 @@ from ..steps import State
 from . import compute, export
 from .checks import InputError, autocast_enabled, check_dropout, check_flag, check_size
 from .module import RecurrentModule
+from .recordable import Recordable
 from .spec import CellSpec
 
 __all__ = ["RecurrentLayer"]
 
 #: The hidden states of one forward call: per unit (``h_n``'s order), ``T`` tensors.
-Record = list[list[Tensor]]
 
 
-class RecurrentLayer(RecurrentModule):
+class RecurrentLayer(Recordable, RecurrentModule):
     """A sequence layer: torch's ``nn.RNN/GRU/LSTM`` arguments, inputs and outputs.
 
     Two paths compute the same thing: the fused path (default) calls torch's own kernels
@@ -79,7 +77,6 @@ class RecurrentLayer(RecurrentModule):
         super().__init__(mode, input_size, hidden_size, bias, **kwargs)
         #: Use the unrolled (per-step) path instead of torch's fused kernel.
         self.unroll = False
-        self._records: list[Record] | None = None
 
     @property
     def num_directions(self) -> int:
@@ -102,43 +99,6 @@ class RecurrentLayer(RecurrentModule):
     def flatten_parameters(self) -> None:
         """No-op, so code written for ``torch.nn.RNN/GRU/LSTM`` (which compacts weights for
         cuDNN here) runs unchanged: the constrained weights are recomputed every call."""
-
-    # -- hidden-state recording --------------------------------------------------------------
-    @property
-    def is_recording(self) -> bool:
-        """Whether the layer is inside :meth:`recording`."""
-        return self._records is not None
-
-    @contextmanager
-    def recording(self) -> Iterator[list[Record]]:
-        """Record every hidden state of every forward call made inside the block.
-
-        Inside, the layer runs its unrolled path, so each hidden state is its own autograd
-        node (``torch.autograd.grad`` can take ``dL/dh[t]``). The yielded list gets one entry
-        per call: per unit, in ``h_n``'s order (``l0``, ``l0_reverse``, ``l1``, ...), the
-        states ``h[0..T-1]`` in time order, each ``(B, R)`` (``R = proj_size or
-        hidden_size``; for packed input ``(batch_sizes[t], R)``, sorted by length). For the
-        reverse direction ``h[t]`` is its state after reading ``x[t]``.
-
-        Raises:
-            RuntimeError: if the layer is already recording.
-
-        >>> import torch
-        >>> from seqnorm import SpectralGRU
-        >>> gru = SpectralGRU(3, 4, bidirectional=True)
-        >>> with gru.recording() as calls:
-        ...     out, _ = gru(torch.randn(5, 2, 3))
-        >>> (rows,) = calls  # one call: rows l0, l0_reverse
-        >>> len(rows), len(rows[1]), bool((rows[1][0] == out[0, :, 4:]).all())
-        (2, 5, True)
-        """
-        if self._records is not None:
-            raise RuntimeError(f"this {type(self).__name__} is already recording")
-        self._records = []
-        try:
-            yield self._records
-        finally:
-            self._records = None
 
     # -- input checking -------------------------------------------------------------------
     # torch's checks with torch's messages (nn.RNN/GRU/LSTM.forward and

@@ -15,8 +15,6 @@ the probes ask such a layer: its eigenvalues and its recorded states.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -30,6 +28,7 @@ from ..constraints import CONSTRAINTS
 from ..constraints.modulus import ModulusBound
 from ..native import lru as native_lru
 from .checks import InputError, autocast_enabled, check_flag, check_size
+from .recordable import Recordable
 from .scan import chunked_scan
 
 __all__ = [
@@ -44,8 +43,6 @@ __all__ = [
 
 #: The constraints a diagonal recurrence takes (see :func:`check_lru_constraint`).
 LRU_CONSTRAINTS = ("none", "bound")
-#: The hidden states of one forward call: per unit, ``T`` tensors ``(B, 2P)`` (real planes).
-Record = list[list[Tensor]]
 
 
 def check_ring(r_min: float, r_max: float, max_phase: float) -> None:
@@ -151,7 +148,7 @@ def check_state(
     return hx.reshape(num_layers, -1, P)
 
 
-class DiagonalRecurrentLayer(nn.Module):
+class DiagonalRecurrentLayer(Recordable, nn.Module):
     """A layer whose recurrent matrices are diagonal: what the probes ask of it.
 
     One *unit* per recurrence (``unit_names``: ``l0``, ``l1``, ...), each ``diag(lambda)``
@@ -168,10 +165,6 @@ class DiagonalRecurrentLayer(nn.Module):
     #: No reverse direction.
     num_directions: int = 1
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._records: list[Record] | None = None
-
     @property
     def unit_names(self) -> list[str]:
         """One name per unit, in ``h_n``'s order."""
@@ -181,32 +174,6 @@ class DiagonalRecurrentLayer(nn.Module):
         """The eigenvalues ``lambda`` of every unit's recurrent matrix, ``(units, P)``
         complex, as the layer uses them (constrained), differentiable."""
         raise NotImplementedError
-
-    @property
-    def is_recording(self) -> bool:
-        """Whether the layer is inside :meth:`recording`."""
-        return self._records is not None
-
-    @contextmanager
-    def recording(self) -> Iterator[list[Record]]:
-        """Record every state of every forward call made inside the block.
-
-        Inside, the scan runs step by step in autograd ops, so each state is its own
-        autograd node (``torch.autograd.grad`` can take ``dL/dh[t]``). The yielded list gets
-        one entry per call: per unit the states ``h[0..T-1]`` in time order, each
-        ``(B, 2P)`` as ``[Re h | Im h]`` (for packed input ``(batch_sizes[t], 2P)``, sorted
-        by length).
-
-        Raises:
-            RuntimeError: if the layer is already recording.
-        """
-        if self._records is not None:
-            raise RuntimeError(f"this {type(self).__name__} is already recording")
-        self._records = []
-        try:
-            yield self._records
-        finally:
-            self._records = None
 
 
 class LRU(DiagonalRecurrentLayer):
