@@ -4,6 +4,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
+
+from seqnorm import SpectralGRU, SpectralLSTM, SpectralRNN
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -14,6 +17,16 @@ MNIST_DIR = Path(
     (os.environ.get("SEQNORM_DATA") and Path(os.environ["SEQNORM_DATA"]) / "mnist")
     or Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 )
+
+
+#: seqnorm's layers beside torch's, with the keyword arguments that pick a mode: the oracle pairs.
+LAYER_PAIRS = [
+    (SpectralRNN, nn.RNN, {}),
+    (SpectralRNN, nn.RNN, {"nonlinearity": "relu"}),
+    (SpectralGRU, nn.GRU, {}),
+    (SpectralLSTM, nn.LSTM, {}),
+]
+LAYER_IDS = ["rnn", "rnn_relu", "gru", "lstm"]
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ import warnings
 
 import pytest
 import torch
+from conftest import LAYER_IDS, LAYER_PAIRS
 from torch import nn
 
 from seqnorm import (
@@ -25,7 +26,6 @@ from seqnorm import (
     SpectralGRUCell,
     SpectralLSTM,
     SpectralLSTMCell,
-    SpectralRNN,
     SpectralRNNCell,
     constrain,
 )
@@ -35,18 +35,13 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 CUDA = torch.device("cuda")
 F64 = torch.float64
-PAIRS = [
-    (SpectralRNN, nn.RNN, {}),
-    (SpectralRNN, nn.RNN, {"nonlinearity": "relu"}),
-    (SpectralGRU, nn.GRU, {}),
-    (SpectralLSTM, nn.LSTM, {}),
-]
+PAIRS = LAYER_PAIRS
 CELLS = [
     (SpectralRNNCell, nn.RNNCell),
     (SpectralGRUCell, nn.GRUCell),
     (SpectralLSTMCell, nn.LSTMCell),
 ]
-IDS = ["rnn", "rnn_relu", "gru", "lstm"]
+IDS = LAYER_IDS
 KINDS = list(CONSTRAINTS)
 
 

@@ -5,6 +5,7 @@ import io
 
 import pytest
 import torch
+from conftest import LAYER_IDS, LAYER_PAIRS
 from torch import nn
 
 import seqnorm
@@ -18,19 +19,14 @@ from seqnorm import (
     SpectralRNNCell,
 )
 
-PAIRS = [
-    (SpectralRNN, nn.RNN, {}),
-    (SpectralRNN, nn.RNN, {"nonlinearity": "relu"}),
-    (SpectralGRU, nn.GRU, {}),
-    (SpectralLSTM, nn.LSTM, {}),
-]
+PAIRS = LAYER_PAIRS
 CELL_PAIRS = [
     (SpectralRNNCell, nn.RNNCell, {}),
     (SpectralRNNCell, nn.RNNCell, {"nonlinearity": "relu"}),
     (SpectralGRUCell, nn.GRUCell, {}),
     (SpectralLSTMCell, nn.LSTMCell, {}),
 ]
-IDS = ["rnn", "rnn_relu", "gru", "lstm"]
+IDS = LAYER_IDS
 
 
 def _flat(state):
