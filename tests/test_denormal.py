@@ -7,6 +7,7 @@ when flush-to-zero or denormals-are-zero is on), not from seqnorm's own report o
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -220,6 +221,15 @@ def test_native_backward_fed_subnormals_runs_at_normal_speed(needs_native, one_t
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
     import bench_denormal
 
-    df = bench_denormal.subnormal_inputs(T=300, B=32, H=64, rounds=3, min_run_time=0.3)
-    ours = df[df.kernel == "seqnorm native"].set_index("layer").ratio
-    assert (ours < 2.5).all(), df.to_string()
+    # Up to three measurements, each layer's best ratio: on a loaded machine one 2 ms call can
+    # lose its core (a CI run beside two training jobs measured the RNN at 7x once, 1x before);
+    # an unflushed kernel is 10-100x slower in every measurement.
+    best, tables = None, []
+    for _ in range(3):
+        df = bench_denormal.subnormal_inputs(T=300, B=32, H=64, rounds=3, min_run_time=0.3)
+        tables.append(df.to_string())
+        ratio = df[df.kernel == "seqnorm native"].set_index("layer").ratio
+        best = ratio if best is None else np.minimum(best, ratio)
+        if (best < 2.5).all():
+            break
+    assert (best < 2.5).all(), "\n\n".join(tables)
