@@ -383,14 +383,14 @@ class LRU(DiagonalRecurrentLayer):
             lam, w_in, w_out = self.lambda_planes(), self.input_map(), self.output_map()
             if self._native_ok(data):
                 h, h_n = native_lru.scan(data, lam, h0, batch_sizes, w_in)  # (N, 2P), (B, 2P)
-            elif self._chunked_ok(data, batch_sizes):
-                u = F.linear(data, w_in)  # (N, 2P)
-                h, h_n = chunked_scan(u, lam, h0, len(batch_sizes))  # (N, 2P), (B, 2P)
             else:
                 u = F.linear(data, w_in)  # (N, 2P)
-                h, h_n, states = native_lru.reference(u, lam, h0, batch_sizes)
-                if self._records is not None:
-                    self._records.append([states])
+                if self._chunked_ok(data, batch_sizes):
+                    h, h_n = chunked_scan(u, lam, h0, len(batch_sizes))  # (N, 2P), (B, 2P)
+                else:
+                    h, h_n, states = native_lru.reference(u, lam, h0, batch_sizes)
+                    if self._records is not None:
+                        self._records.append([states])
             y = F.linear(h, w_out) + data * self.D  # (N, I)
         return y, h_n
 
